@@ -1,0 +1,1 @@
+"""Run any artifact through one interface: PyTorch, ONNX Runtime, TensorRT."""

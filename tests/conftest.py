@@ -1,0 +1,70 @@
+"""Small fixtures: tiny models trained for seconds, tiny datasets written to tmp dirs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaekit.config import LossConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.data import ImageData, load_data
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake MNIST: blobs of 28x28 'digits' in standard IDX files (train gz, test raw)."""
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:28, :28]
+
+    def blobs(n: int) -> np.ndarray:
+        cx, cy, r = rng.uniform(8, 20, n), rng.uniform(8, 20, n), rng.uniform(3, 7, n)
+        img = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2) * 255
+        return img.astype(np.uint8)
+
+    write_idx(root / "train-images-idx3-ubyte.gz", blobs(96))
+    write_idx(root / "t10k-images-idx3-ubyte", blobs(24), gz=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits16() -> ImageData:
+    """The embedded digits at 16x16, cut down so a few epochs take about a second."""
+    d = load_data("digits", 16)
+    return ImageData(train=d.train[:256], test=d.test[:64])
+
+
+def tiny_config(arch: str = "conv", epochs: int = 2) -> RunConfig:
+    model = (
+        ModelConfig(arch="conv", image_size=16, latent_dim=4, hidden_dims=(8, 16))
+        if arch == "conv"
+        else ModelConfig(arch="mlp", image_size=16, latent_dim=4, hidden_dims=(32,))
+    )
+    return RunConfig(model=model, loss=LossConfig(), train=TrainConfig(epochs=epochs, batch_size=32))
+
+
+@pytest.fixture(scope="session")
+def conv_run(tmp_path_factory: pytest.TempPathFactory, digits16: ImageData) -> Path:
+    from vaekit.train import train
+
+    out = tmp_path_factory.mktemp("conv_run")
+    train(tiny_config("conv"), out, data=digits16, device_name="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory, digits16: ImageData) -> Path:
+    from vaekit.train import train
+
+    out = tmp_path_factory.mktemp("mlp_run")
+    train(tiny_config("mlp"), out, data=digits16, device_name="cpu")
+    return out

@@ -1,0 +1,148 @@
+"""Checkpoints: safetensors + JSON only, so loading one never runs code.
+
+A run directory holds
+  config.json          the RunConfig
+  model.safetensors    the weights (what export and the PyTorch runtime read)
+  trainer.safetensors  weights + Adam moments + (in metadata) epoch, step, scheduler: one file, so
+                       resuming always sees a consistent state even if a crash hit between writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_tensors
+
+from vaekit import __version__
+from vaekit.config import RunConfig
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.model import VAE, build_model
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.safetensors"
+
+
+@dataclass
+class TrainerState:
+    epoch: int
+    step: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def save_config(run_dir: Path, cfg: RunConfig) -> None:
+    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    step: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Write trainer state (with the metrics history, so metrics.jsonl can always be rebuilt) then weights."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {
+        "epoch": str(epoch),
+        "step": str(step),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "scheduler": json.dumps(scheduler.state_dict()),
+        "history": json.dumps(history),
+        "vaekit_version": __version__,
+    }
+    # trainer first: if the model write is lost, resume still has the newest state.
+    atomic_write_bytes(run_dir / TRAINER_FILE, save_tensors(tensors, metadata=meta))
+    atomic_write_bytes(run_dir / MODEL_FILE, save_tensors(weights, metadata={"epoch": str(epoch)}))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise VaekitError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise VaekitError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+def resolve_run(path: Path) -> tuple[Path, Path]:
+    """A run dir or a .safetensors file -> (config.json, model.safetensors)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return path / CONFIG_FILE, path / MODEL_FILE
+    if path.suffix == ".safetensors":
+        return path.parent / CONFIG_FILE, path
+    if not path.exists():
+        raise VaekitError(f"checkpoint {path} not found")
+    raise VaekitError(f"{path} is not a checkpoint: give a run directory or a .safetensors file")
+
+
+def load_config(path: Path) -> RunConfig:
+    config_path, _ = resolve_run(path)
+    if not config_path.is_file():
+        raise VaekitError(f"{config_path} not found: a checkpoint needs the config.json written beside it")
+    try:
+        text = config_path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VaekitError(f"cannot read {config_path}: {exc}") from None
+    return RunConfig.from_json(text)
+
+
+def _load_weights(model: VAE, weights: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}")
+        if wrong:
+            k = wrong[0]
+            detail = f"{k} has shape {tuple(weights[k].shape)}, config expects {tuple(expected[k].shape)}"
+        raise VaekitError(f"checkpoint {source} does not match its config.json: {detail}")
+    model.load_state_dict(weights)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[VAE, RunConfig]:
+    """Rebuild the model from config.json and load its weights, in eval mode."""
+    cfg = load_config(path)
+    _, weights_path = resolve_run(path)
+    weights, _ = _read(weights_path)
+    model = build_model(cfg.model)
+    _load_weights(model, weights, weights_path)
+    return model.to(device).eval(), cfg
+
+
+def load_trainer(run_dir: Path, model: VAE) -> TrainerState:
+    tensors, meta = _read(run_dir / TRAINER_FILE)
+    try:
+        _load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run_dir / TRAINER_FILE)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        return TrainerState(
+            epoch=int(meta["epoch"]),
+            step=int(meta["step"]),
+            optimizer={"state": state, "param_groups": json.loads(meta["param_groups"])},
+            scheduler=json.loads(meta["scheduler"]),
+            history=json.loads(meta["history"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise VaekitError(f"{run_dir / TRAINER_FILE} lacks trainer state ({exc}); cannot resume") from None

@@ -1,0 +1,146 @@
+"""Every default of vaekit lives here, as dataclasses that round-trip through config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vaekit.errors import VaekitError
+
+Arch = Literal["conv", "mlp"]
+Likelihood = Literal["bernoulli", "gaussian"]
+LossType = Literal["H", "B"]
+
+CONV_HIDDEN_DIMS = (32, 64, 128, 256)  # AntixK beta_vae.py uses (32, 64, 128, 256, 512) at 64x64
+MLP_HIDDEN_DIMS = (400,)  # pytorch/examples vae: 784-400-20
+DEFAULT_DATA = "digits"
+DEFAULT_OUT = "runs/default"
+VALUE_RANGES: dict[str, tuple[float, float]] = {"bernoulli": (0.0, 1.0), "gaussian": (-1.0, 1.0)}
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch = "conv"
+    in_channels: int = 1
+    image_size: int = 32
+    latent_dim: int = 16
+    hidden_dims: tuple[int, ...] = CONV_HIDDEN_DIMS
+    likelihood: Likelihood = "bernoulli"
+    # Observation std of the Gaussian decoder, in the [-1, 1] data range. Training uses plain MSE
+    # (as the reference does); eval needs a density to report nats, and this is the one it uses.
+    gaussian_sigma: float = 0.1
+    # Zero border added around the source images (MNIST 28 -> 32); eval counts only the pixels inside.
+    pad: int = 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return VALUE_RANGES[self.likelihood]
+
+    def validate(self) -> None:
+        if self.arch not in ("conv", "mlp"):
+            raise VaekitError(f"unknown arch {self.arch!r}: use conv or mlp")
+        if self.likelihood not in VALUE_RANGES:
+            raise VaekitError(f"unknown likelihood {self.likelihood!r}: use bernoulli or gaussian")
+        if self.latent_dim < 1 or self.image_size < 1 or self.in_channels not in (1, 3):
+            raise VaekitError(
+                f"bad model shape: latent_dim={self.latent_dim}, image_size={self.image_size}, "
+                f"channels={self.in_channels} (channels must be 1 or 3)"
+            )
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise VaekitError(f"hidden_dims must be positive, got {self.hidden_dims}")
+        factor = 2 ** len(self.hidden_dims)
+        if self.arch == "conv" and self.image_size % factor:
+            nearest = max(factor, self.image_size // factor * factor)
+            raise VaekitError(
+                f"image size {self.image_size} does not fit the conv arch: it must be divisible by "
+                f"{factor} (2^{len(self.hidden_dims)} stride-2 stages); try {nearest}"
+            )
+
+
+@dataclass
+class LossConfig:
+    loss_type: LossType = "H"
+    beta: float = 1.0  # Higgins et al.: beta > 1 trades reconstruction for disentanglement
+    gamma: float = 1000.0  # Burgess et al.: weight of |KL - C|
+    capacity_max: float = 25.0  # nats
+    capacity_stop_iter: int = 100_000
+    # None -> batch/N for the Gaussian (MSE-mean) loss as in AntixK's M_N, 1.0 for the Bernoulli loss,
+    # whose reconstruction is summed over pixels so that loss = negative ELBO (pytorch/examples).
+    kld_weight: float | None = None
+
+    def validate(self) -> None:
+        if self.loss_type not in ("H", "B"):
+            raise VaekitError(f"unknown loss {self.loss_type!r}: use H (Higgins) or B (Burgess)")
+        if self.beta < 0 or self.gamma < 0 or self.capacity_max < 0 or self.capacity_stop_iter < 1:
+            raise VaekitError("beta, gamma and capacity must be >= 0 and capacity-stop-iter >= 1")
+
+
+@dataclass
+class TrainConfig:
+    data: str = DEFAULT_DATA
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 5e-3  # AntixK's LR
+    weight_decay: float = 0.0
+    scheduler_gamma: float = 0.95  # AntixK's ExponentialLR gamma
+    seed: int = 0
+    test_fraction: float = 0.1
+    amp: bool = True  # only takes effect on CUDA
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise VaekitError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise VaekitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise VaekitError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.test_fraction < 1:
+            raise VaekitError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: str = ""
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.loss.validate()
+        self.train.validate()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        try:
+            model = dict(raw["model"])
+            model["hidden_dims"] = tuple(model["hidden_dims"])
+            cfg = cls(
+                model=ModelConfig(**model),
+                loss=LossConfig(**raw["loss"]),
+                train=TrainConfig(**raw["train"]),
+                version=str(raw.get("version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VaekitError(f"config does not describe a vaekit run: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VaekitError(f"config is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise VaekitError("config is not a JSON object")
+        return cls.from_dict(raw)
