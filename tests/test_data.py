@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import write_idx
 from vaekit.data import download as fetch
-from vaekit.data import load_data, read_idx, render_shapes, split, to_float
+from vaekit.data import load_data, read_idx, render_shapes, split_indices, to_float
 from vaekit.errors import VaekitError
 
 
@@ -22,11 +22,20 @@ def test_digits_offline_default() -> None:
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
-    x = np.arange(100, dtype=np.uint8)[:, None, None, None]
-    a_train, a_test = split(x, 0.1)
-    _b_train, b_test = split(x, 0.1)
+    a_train, a_test = split_indices(100, 0.1)
+    _, b_test = split_indices(100, 0.1)
     assert np.array_equal(a_test, b_test) and len(a_test) == 10
-    assert not set(a_train.ravel()) & set(a_test.ravel())
+    assert sorted([*a_train, *a_test]) == list(range(100))
+
+
+@pytest.mark.parametrize("spec", ["digits", "shapes", "folder"])
+def test_test_only_reads_the_same_test_images(spec: str, tmp_path: Path) -> None:
+    if spec == "folder":
+        _write_images(tmp_path)
+        spec = f"folder:{tmp_path}"
+    full = load_data(spec, 16)
+    few = load_data(spec, 16, test_only=1)
+    assert len(few.train) == 0 and np.array_equal(few.test, full.test[:1])
 
 
 def test_shapes_have_known_factors() -> None:

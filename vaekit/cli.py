@@ -22,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-out_console = Console()
+# Not a terminal (CI logs, pipes): wide enough that parity tables keep their columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,3 +269,7 @@ def download(
 
 def main() -> None:
     app()
+
+
+# Deploy-side commands register themselves on `app` (a separate module keeps each file small).
+from vaekit import cli_deploy  # noqa: E402, F401

@@ -54,7 +54,10 @@ def to_float(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
     return (images.astype(np.float32) / 255.0 * (hi - lo) + lo).astype(np.float32)
 
 
-def load_data(spec: str, image_size: int, channels: int | None = None, test_fraction: float = 0.1) -> ImageData:
+def load_data(
+    spec: str, image_size: int, channels: int | None = None, test_fraction: float = 0.1, test_only: int | None = None
+) -> ImageData:
+    """Load a dataset spec; with test_only=n, only the first n test images are read (train is left empty)."""
     kind, _, arg = spec.partition(":")
     if kind in ("digits", "shapes") and arg:
         raise VaekitError(f"--data {spec!r}: {kind} takes no argument")
@@ -63,25 +66,33 @@ def load_data(spec: str, image_size: int, channels: int | None = None, test_frac
     if kind in ("digits", "shapes", "mnist") and channels not in (None, 1):
         raise VaekitError(f"--data {kind} is grayscale: it has 1 channel, not {channels}")
     if kind == "mnist":
-        return load_mnist(Path(arg).expanduser(), image_size)
+        data = load_mnist(Path(arg).expanduser(), image_size)
+        return ImageData(train=data.train[:0], test=data.test[:test_only], pad=data.pad) if test_only else data
+    if kind == "folder":
+        files = list_images(Path(arg).expanduser())
+        train_idx, test_idx = split_indices(len(files), test_fraction)
+        wanted = [test_idx[:test_only]] if test_only else [train_idx, test_idx]
+        loaded = [load_folder([files[i] for i in idx], image_size, channels or 3) for idx in wanted]
+        return ImageData(train=loaded[0][:0], test=loaded[0]) if test_only else ImageData(loaded[0], loaded[1])
     if kind == "digits":
         images = _resize_all(_digits(), image_size)
     elif kind == "shapes":
         images = render_shapes(image_size)[0]
-    elif kind == "folder":
-        images = load_folder(Path(arg).expanduser(), image_size, channels or 3)
     else:
         raise VaekitError(f"unknown --data {spec!r}: use digits, shapes, mnist:DIR or folder:DIR")
-    train, test = split(images, test_fraction)
-    return ImageData(train=train, test=test)
+    train_idx, test_idx = split_indices(len(images), test_fraction)
+    if test_only:
+        return ImageData(train=images[:0], test=images[test_idx[:test_only]])
+    return ImageData(train=images[train_idx], test=images[test_idx])
 
 
-def split(images: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
-    n_test = max(1, round(len(images) * test_fraction))
-    if n_test >= len(images):
-        raise VaekitError(f"only {len(images)} images: too few to split into train and test")
-    return images[order[n_test:]], images[order[:n_test]]
+def split_indices(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed permutation: the first round(n * fraction) indices are the test split."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = max(1, round(n * test_fraction))
+    if n_test >= n:
+        raise VaekitError(f"only {n} images: too few to split into train and test")
+    return order[n_test:], order[:n_test]
 
 
 def _digits() -> np.ndarray:
@@ -206,8 +217,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_folder(root: Path, size: int, channels: int) -> np.ndarray:
-    files = list_images(root)
+def load_folder(files: list[Path], size: int, channels: int) -> np.ndarray:
     out = np.empty((len(files), channels, size, size), dtype=np.uint8)
     for i, path in enumerate(files):
         out[i] = load_image(path, size, channels)

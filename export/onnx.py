@@ -1,0 +1,143 @@
+"""Export the encoder (image -> mu, log_var) and the decoder (z -> image) as two self-contained ONNX graphs.
+
+torch.onnx's dynamo exporter with optimize=True folds constants and the eval-mode BatchNorms into the
+convolutions; we then serialize the proto ourselves so the weights stay inside the file (no `.onnx.data`
+sidecar that breaks on copy), run the full checker and strict shape inference, and stamp metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from vaekit import __version__
+from vaekit.checkpoint import load_model, resolve_run
+from vaekit.config import RunConfig
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_bytes, sha256_file
+from vaekit.model import VAE
+
+OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10.x/11.x parsers
+PROTOBUF_LIMIT = 2**31 - 1  # one serialized proto; beyond it weights would have to go external
+ENCODER_IO = (["image"], ["mu", "log_var"])
+DECODER_IO = (["z"], ["image"])
+
+
+class EncoderGraph(nn.Module):
+    """image -> (mu, log_var): deterministic, sampling happens outside the graph."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(image)
+
+
+class DecoderGraph(nn.Module):
+    """z -> image in the model's value range (sigmoid or tanh applied)."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
+
+
+def export_time() -> str:
+    """UTC time of export; SOURCE_DATE_EPOCH pins it so two exports can be byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch) if epoch else None))
+
+
+def graph_metadata(cfg: RunConfig, role: str, checkpoint_sha256: str, max_batch: int, precision: str) -> dict[str, str]:
+    return {
+        "producer": "vaekit",
+        "vaekit_version": __version__,
+        "role": role,
+        "latent_dim": str(cfg.model.latent_dim),
+        "image_shape": json.dumps(list(cfg.model.image_shape)),
+        "value_range": json.dumps(list(cfg.model.value_range)),
+        "likelihood": cfg.model.likelihood,
+        "arch": cfg.model.arch,
+        "precision": precision,
+        "max_batch": str(max_batch),
+        "opset": str(OPSET),
+        "checkpoint_sha256": checkpoint_sha256,
+        "export_time": export_time(),
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        proto.metadata_props.add(key=key, value=value)
+
+
+def finalize(proto: onnx.ModelProto, path: Path) -> None:
+    """Check fully, infer shapes strictly, and write atomically as one self-contained file."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VaekitError(f"exported graph {path.name} fails the ONNX checker: {exc}") from None
+    data = proto.SerializeToString()
+    if len(data) > PROTOBUF_LIMIT:
+        raise VaekitError(f"{path.name} is {len(data) / 2**30:.1f} GiB: over protobuf's 2 GiB limit for one file")
+    atomic_write_bytes(path, data)
+
+
+def _export_graph(module: nn.Module, example: torch.Tensor, io: tuple[list[str], list[str]], max_batch: int) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    # The exporter logs about optional torchvision ops and deprecations on every call: not the user's concern.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                input_names=io[0],
+                output_names=io[1],
+                dynamic_shapes={io[0][0]: {0: batch}},
+                opset_version=OPSET,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the graph could not be traced
+        raise VaekitError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
+    if program is None:
+        raise VaekitError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def export_onnx(checkpoint: Path, out_dir: Path, max_batch: int) -> dict[str, Path]:
+    """Write encoder.onnx and decoder.onnx (fp32) into out_dir; returns {role: path}."""
+    if max_batch < 1:
+        raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
+    model, cfg = load_model(checkpoint)
+    sha = sha256_file(resolve_run(checkpoint)[1])
+    # An example batch of 2: torch.export specializes dimensions of size 1.
+    example = {
+        "encoder": torch.zeros(2, *cfg.model.image_shape),
+        "decoder": torch.zeros(2, cfg.model.latent_dim),
+    }
+    graphs = {"encoder": (EncoderGraph(model), ENCODER_IO), "decoder": (DecoderGraph(model), DECODER_IO)}
+    paths = {}
+    for role, (module, io) in graphs.items():
+        proto = _export_graph(module.eval(), example[role], io, max_batch)
+        set_metadata(proto, graph_metadata(cfg, role, sha, max_batch, "fp32"))
+        paths[role] = out_dir / f"{role}.onnx"
+        finalize(proto, paths[role])
+    return paths

@@ -1,0 +1,84 @@
+"""Sampling, interpolation, traversals and reconstruction through any runtime (numpy only, no torch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vaekit.errors import VaekitError
+from vaekit.runtimes.base import Decoder, Encoder, in_batches
+
+TRAVERSE_SPAN = 3.0  # traversals sweep each latent over [-3, 3] standard deviations of the prior
+
+
+def prior_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
+    if n < 1:
+        raise VaekitError(f"--n must be >= 1, got {n}")
+    return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Spherical interpolation: stays where prior samples live (norm ~ sqrt(D)), unlike a straight line."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    cos = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    omega = math.acos(min(1.0, max(-1.0, cos)))
+    if omega < 1e-6:
+        return ((1 - t) * a + t * b).astype(np.float32)
+    return ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / math.sin(omega)).astype(np.float32)
+
+
+def interpolation_latents(rows: int, steps: int, latent_dim: int, seed: int) -> np.ndarray:
+    """rows x steps latents: row r goes from prior sample 2r to prior sample 2r+1 (seeded)."""
+    if steps < 2 or rows < 1:
+        raise VaekitError(f"--interpolate needs >= 2 steps and >= 1 row, got {steps} steps, {rows} rows")
+    ends = prior_latents(2 * rows, latent_dim, seed)
+    return np.concatenate([slerp(ends[2 * r], ends[2 * r + 1], steps) for r in range(rows)])
+
+
+def decode_all(decoder: Decoder, z: np.ndarray) -> np.ndarray:
+    return in_batches(decoder.decode, z, decoder.info.max_batch)
+
+
+def top_dimensions(decoder: Decoder, count: int) -> list[int]:
+    """The latent dimensions that change the decoded image most when moved (decoder-only, no data needed)."""
+    d = decoder.info.latent_dim
+    probe = np.zeros((2 * d, d), dtype=np.float32)
+    for i in range(d):
+        probe[2 * i, i], probe[2 * i + 1, i] = -2.0, 2.0
+    images = decode_all(decoder, probe)
+    effect = np.abs(images[0::2] - images[1::2]).reshape(d, -1).mean(axis=1)
+    return [int(i) for i in np.argsort(-effect)[: min(count, d)]]
+
+
+def traversal_latents(decoder: Decoder, rows: int, steps: int) -> tuple[np.ndarray, list[int]]:
+    """One row per top dimension, sweeping it over [-3, 3] with the others at 0."""
+    if steps < 2 or rows < 1:
+        raise VaekitError(f"--traverse needs >= 2 steps and >= 1 row, got {steps} steps, {rows} rows")
+    dims = top_dimensions(decoder, rows)
+    z = np.zeros((len(dims) * steps, decoder.info.latent_dim), dtype=np.float32)
+    sweep = np.linspace(-TRAVERSE_SPAN, TRAVERSE_SPAN, steps, dtype=np.float32)
+    for r, dim in enumerate(dims):
+        z[r * steps : (r + 1) * steps, dim] = sweep
+    return z, dims
+
+
+def check_pair(encoder: Encoder, decoder: Decoder) -> None:
+    e, d = encoder.info, decoder.info
+    if e.latent_dim != d.latent_dim or e.image_shape != d.image_shape:
+        raise VaekitError(
+            f"encoder ({e.image_shape} -> {e.latent_dim}) and decoder ({d.latent_dim} -> {d.image_shape}) do not fit"
+        )
+    if e.source_sha256 and d.source_sha256 and e.source_sha256 != d.source_sha256:
+        raise VaekitError("encoder and decoder come from different checkpoints (checkpoint_sha256 differs)")
+
+
+def reconstruct(encoder: Encoder, decoder: Decoder, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Decode the posterior mean of each image; returns (reconstructions, mean PSNR in dB)."""
+    check_pair(encoder, decoder)
+    mu, _ = in_batches(encoder.encode, images, encoder.info.max_batch)
+    recon = decode_all(decoder, mu)
+    lo, hi = decoder.info.value_range
+    mse = ((recon - images) ** 2).reshape(len(images), -1).mean(axis=1)
+    psnr = float(np.mean(10 * np.log10((hi - lo) ** 2 / np.maximum(mse, 1e-12))))
+    return recon, psnr
