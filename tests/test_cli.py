@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from vaekit.cli import app
@@ -88,6 +89,8 @@ def test_empty_folder_and_non_image(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     code, _, err = run("train", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "no images found")
+    for i in range(3):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / "imgs" / f"ok{i}.png")
     (tmp_path / "imgs" / "x.jpg").write_text("text, not a jpeg")
     code, _, err = run("train", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "cannot decode image")

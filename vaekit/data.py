@@ -91,7 +91,7 @@ def split_indices(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
     n_test = max(1, round(n * test_fraction))
     if n_test >= n:
-        raise VaekitError(f"only {n} images: too few to split into train and test")
+        raise VaekitError(f"only {n} image(s): too few to split into train and test")
     return order[n_test:], order[:n_test]
 
 
