@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vaekit.export.manifest import write_manifest
-from vaekit.export.onnx import export_onnx
-from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX, ParityReport, fixed_latents, run_parity
 
 from vaekit.checkpoint import load_config
 from vaekit.data import load_data, to_float
 from vaekit.errors import VaekitError
+from vaekit.export.manifest import write_manifest
+from vaekit.export.onnx import export_onnx
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX, ParityReport, fixed_latents, run_parity
 
 PARITY_JSON = "parity.json"
 PARITY_PNG = "parity.png"

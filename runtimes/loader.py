@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
-
 from vaekit.errors import VaekitError
+from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"

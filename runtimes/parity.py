@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
-from vaekit.runtimes.loader import DECODER_ONNX, ENCODER_ONNX, load_decoder, load_encoder, onnx_devices, tensorrt_status
 
 from vaekit.errors import VaekitError
+from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
+from vaekit.runtimes.loader import DECODER_ONNX, ENCODER_ONNX, load_decoder, load_encoder, onnx_devices, tensorrt_status
 
 PARITY_SEED = 20240229
 Z_LIMIT = 4.0

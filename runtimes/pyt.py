@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
 from vaekit.checkpoint import load_model, resolve_run
 from vaekit.fsutil import sha256_file
+from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
 UNBOUNDED_BATCH = 1 << 16  # eager PyTorch has no engine profile; this only bounds a single call
 

@@ -68,3 +68,22 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory, digits16: ImageData) -> Pa
     out = tmp_path_factory.mktemp("mlp_run")
     train(tiny_config("mlp"), out, data=digits16, device_name="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def conv_art(tmp_path_factory: pytest.TempPathFactory, conv_run: Path) -> Path:
+    """encoder.onnx / decoder.onnx / manifest of the tiny conv run, max batch 8."""
+    from vaekit.export.pipeline import export_artifacts
+
+    out = tmp_path_factory.mktemp("conv_art")
+    export_artifacts(conv_run, out, max_batch=8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlp_art(tmp_path_factory: pytest.TempPathFactory, mlp_run: Path) -> Path:
+    from vaekit.export.pipeline import export_artifacts
+
+    out = tmp_path_factory.mktemp("mlp_art")
+    export_artifacts(mlp_run, out, max_batch=8)
+    return out

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vaekit.cli import DEPLOY_PANEL, command, err_console, out_console, require_torch
+from vaekit.cli import DEPLOY_PANEL, command, out_console, require_torch
 from vaekit.errors import UsageError, VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 
@@ -39,7 +39,7 @@ def _print_report(report: object, value_range: tuple[float, float], png: Path | 
     for line in report.skipped:
         out_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     for line in report.errors:
-        err_console.print(f"[red]error[/] {escape(line)}", highlight=False)
+        out_console.print(f"[red]error[/] {escape(line)}", highlight=False)
     if png is not None:
         save_parity_png(report, value_range, png)
 
@@ -89,7 +89,7 @@ def export(
             calibration_images=calibration_images,
             trt=trt,
             data=data,
-            on_step=lambda name, s: err_console.print(f"[dim]{name:>9}[/] {s:6.2f} s", highlight=False),
+            on_step=lambda name, s: out_console.print(f"[dim]{name:>9}[/] {s:6.2f} s", highlight=False),
         )
         _print_report(result.report, _value_range(staging), staging / PARITY_PNG)
     except BaseException:
@@ -139,7 +139,11 @@ def parity(
     if json_out:
         atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
     if not report.passed:
-        raise VaekitError("parity failed" if report.cases else "parity compared nothing: no runtime could run these")
+        if not report.cases and not report.errors:
+            raise VaekitError(
+                "nothing to compare: only the reference runs here (pass --checkpoint, or export fp16/int8 graphs)"
+            )
+        raise VaekitError("parity failed")
     out_console.print(f"[green]parity passed[/] ({len(report.cases)} checks)")
 
 
@@ -150,7 +154,7 @@ def _load_decoder_checked(engine: Path, device: str, trust: bool) -> object:
 
     resolved = resolve(engine, "decoder")
     if resolved.suffix != ".safetensors":
-        err_console.print(f"[dim]{escape(provenance(resolved, trust))}[/]", highlight=False)
+        out_console.print(f"[dim]{escape(provenance(resolved, trust))}[/]", highlight=False)
     return load_decoder(resolved, "cuda" if resolved.suffix in (".plan", ".engine") else device)
 
 
@@ -177,6 +181,9 @@ def generate(
         raise UsageError(f"--n must be >= 1, got {n}")
     if interpolate is not None and traverse is not None:
         raise UsageError("--interpolate and --traverse are separate pictures: pick one")
+    steps = interpolate if interpolate is not None else traverse
+    if steps is not None and steps < 2:
+        raise UsageError(f"--interpolate/--traverse needs >= 2 steps, got {steps}")
     decoder = _load_decoder_checked(engine, device, trust)
     assert isinstance(decoder, Decoder)
     d = decoder.info.latent_dim
@@ -186,7 +193,7 @@ def generate(
     elif traverse is not None:
         z, dims = traversal_latents(decoder, max(1, n // traverse), traverse)
         ncol = traverse
-        err_console.print(f"[dim]rows traverse latent dimensions {dims}[/]", highlight=False)
+        out_console.print(f"[dim]rows traverse latent dimensions {dims}[/]", highlight=False)
     else:
         z = prior_latents(n, d, seed)
     images = decode_all(decoder, z)

@@ -49,6 +49,14 @@ def gpus() -> str:
     return out.stdout.strip().replace("\n", "; ") or "none"
 
 
+def _torch_cuda() -> str:
+    try:
+        import torch
+    except Exception as exc:  # a broken or blocked torch install must not stop the report
+        return f"torch does not import: {exc}"
+    return f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no CUDA"
+
+
 def machine_report() -> dict[str, object]:
     from vaekit.runtimes.loader import onnx_devices, tensorrt_status
 
@@ -66,9 +74,7 @@ def machine_report() -> dict[str, object]:
         "tensorrt": _version("tensorrt"),
     }
     if report["torch"] != "not installed":
-        import torch
-
-        report["torch cuda"] = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no CUDA"
+        report["torch cuda"] = _torch_cuda()
     ort = onnx_devices()
     report["onnxruntime devices"] = {d: (reason or "ok") for d, reason in ort.items()}
     report["tensorrt engines"] = tensorrt_status() or "ok"

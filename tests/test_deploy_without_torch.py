@@ -1,0 +1,50 @@
+"""The edge-box install: numpy + onnxruntime, no torch. Run the CLI in a subprocess where torch cannot be imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Blocks the training-side packages the way a box without them would: `import torch` raises ImportError.
+PRELUDE = (
+    "import sys\n"
+    "for name in ('torch', 'sklearn', 'safetensors', 'onnxscript'):\n"
+    "    sys.modules[name] = None\n"
+    "from vaekit.cli import main\n"
+    "sys.argv = ['vaekit', *sys.argv[1:]]\n"
+    "main()\n"
+    "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+)
+
+
+def vaekit_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PRELUDE, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_deploy_commands_work_without_torch(conv_art: Path, tmp_path: Path) -> None:
+    for args in (
+        ["generate", "--engine", str(conv_art / "decoder.onnx"), "--n", "4", "--out", str(tmp_path / "g.png")],
+        ["generate", "--engine", str(conv_art), "--traverse", "3", "--n", "6", "--out", str(tmp_path / "t.png")],
+        ["reconstruct", "--encoder", str(conv_art), "--decoder", str(conv_art), "--out", str(tmp_path / "r.png")],
+        ["info", str(conv_art / "encoder.onnx")],
+        ["info"],
+    ):
+        result = vaekit_without_torch(*args)
+        assert result.returncode == 0, (args, result.stderr)
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "r.png").is_file()
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["export", "--checkpoint", "runs/x"], ["eval"]])
+def test_training_side_commands_name_the_extra(command: list[str], tmp_path: Path) -> None:
+    result = vaekit_without_torch(*command, *(["--out", str(tmp_path / "r")] if command[0] == "train" else []))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "pip install 'vaekit[train]'" in result.stderr
+
+
+def test_a_checkpoint_needs_torch_says_so(conv_run: Path, tmp_path: Path) -> None:
+    result = vaekit_without_torch("generate", "--engine", str(conv_run), "--out", str(tmp_path / "g.png"))
+    assert result.returncode == 1 and "vaekit[train]" in result.stderr and "Traceback" not in result.stderr
