@@ -118,8 +118,12 @@ def train(
         int | None,
         typer.Option(help="Epochs in total (with --resume: train on to this many).", show_default="30"),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size.", show_default="64")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.", show_default="5e-3")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.", show_default="64 conv, 128 mlp")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.", show_default="5e-3 conv, 1e-3 mlp")] = None,
+    lr_decay: Annotated[
+        float | None,
+        typer.Option(help="ExponentialLR gamma per epoch (1 = constant LR).", show_default="0.95 conv, 1 mlp"),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling and noise.", show_default="0")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -138,7 +142,7 @@ def train(
         "data": data, "arch": arch, "image_size": image_size, "channels": channels, "latent_dim": latent_dim,
         "hidden_dims": hidden_dims, "likelihood": likelihood, "loss": loss, "beta": beta, "gamma": gamma,
         "capacity_max": capacity_max, "capacity_stop_iter": capacity_stop_iter, "kld_weight": kld_weight,
-        "batch_size": batch_size, "lr": lr, "seed": seed,
+        "batch_size": batch_size, "lr": lr, "lr_decay": lr_decay, "seed": seed,
     }  # fmt: skip
     if resume:
         given = sorted(k.replace("_", "-") for k, v in explicit.items() if v is not None)
@@ -151,8 +155,9 @@ def train(
         cfg = RunConfig()
         m, lc, tc = cfg.model, cfg.loss, cfg.train
         m.arch = _pick(arch, m.arch)
-        if m.arch == "mlp":
+        if m.arch == "mlp":  # pytorch/examples' settings; the conv defaults are AntixK's
             m.image_size, m.latent_dim, m.hidden_dims = 28, 20, MLP_HIDDEN_DIMS
+            tc.batch_size, tc.lr, tc.scheduler_gamma = 128, 1e-3, 1.0
         m.image_size = _pick(image_size, m.image_size)
         m.latent_dim = _pick(latent_dim, m.latent_dim)
         m.hidden_dims = _parse_dims(hidden_dims) if hidden_dims is not None else m.hidden_dims
@@ -168,6 +173,7 @@ def train(
         tc.epochs = _pick(epochs, tc.epochs)
         tc.batch_size = _pick(batch_size, tc.batch_size)
         tc.lr = _pick(lr, tc.lr)
+        tc.scheduler_gamma = _pick(lr_decay, tc.scheduler_gamma)
         tc.seed = _pick(seed, tc.seed)
     cfg.validate()
     history = _train_with_progress(cfg, out, resume, overwrite, device, detect_anomaly, run_training)

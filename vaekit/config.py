@@ -100,6 +100,8 @@ class TrainConfig:
             raise VaekitError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise VaekitError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.scheduler_gamma <= 1:
+            raise VaekitError(f"--lr-decay must be in (0, 1], got {self.scheduler_gamma}")
         if not 0 < self.test_fraction < 1:
             raise VaekitError(f"test fraction must be in (0, 1), got {self.test_fraction}")
 
