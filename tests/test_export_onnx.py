@@ -75,3 +75,21 @@ def test_max_batch_one(conv_run: Path, tmp_path: Path) -> None:
     dec = load_decoder(paths["decoder"])
     assert dec.info.max_batch == 1
     assert dec.decode(np.zeros((1, 4), np.float32)).shape == (1, 1, 16, 16)
+
+
+def test_export_cli_replaces_an_older_export(conv_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vaekit.cli import app
+
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "decoder.fp16.onnx").write_bytes(b"left over from an older export")
+    (out / "notes.txt").write_text("the user's own file")
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(conv_run), "--out", str(out), "--max-batch", "4"])
+    assert result.exit_code == 0, result.stderr
+    assert "parity passed" in result.stdout
+    assert not (out / "decoder.fp16.onnx").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert describe(out / "decoder.onnx").max_batch == 4
+    assert not list(tmp_path.glob(".art.staging-*"))

@@ -44,9 +44,18 @@ def _print_report(report: object, value_range: tuple[float, float], png: Path | 
         save_parity_png(report, value_range, png)
 
 
+ARTIFACT_PATTERNS = ("*.onnx", "*.plan", "*.plan.json", "manifest.json", "parity.json", "parity.png", "parity_inputs.npz")
+
+
 def _publish(staging: Path, out: Path) -> None:
-    """Move each staged file into out (one atomic rename per file), then drop the staging dir."""
+    """Move each staged file into out (one atomic rename per file), drop artifacts of an older export
+    that this one did not write (a stale decoder.fp16.onnx would otherwise sit beside a new manifest)."""
     out.mkdir(parents=True, exist_ok=True)
+    fresh = {item.name for item in staging.iterdir()}
+    for pattern in ARTIFACT_PATTERNS:
+        for old in out.glob(pattern):
+            if old.name not in fresh:
+                old.unlink()
     for item in staging.iterdir():
         os.replace(item, out / item.name)
     staging.rmdir()
