@@ -197,7 +197,8 @@ def _train_with_progress(
         TextColumn("{task.fields[stats]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False, disable=not sys.stderr.isatty()) as bar:
+    tty = sys.stderr.isatty()
+    with Progress(*columns, console=err_console, transient=False, disable=not tty) as bar:
         task = bar.add_task("train", total=None, epoch="", stats="")
 
         def report(epoch: int, b: int, total: int, stats: dict[str, float]) -> None:
@@ -205,6 +206,8 @@ def _train_with_progress(
             if b == 1:
                 bar.reset(task, total=total)
             bar.update(task, completed=b, epoch=f"{epoch}/{cfg.train.epochs}", stats=text)
+            if not tty and b == total:  # logs and CI get one line per epoch instead of a bar
+                out_console.print(f"epoch {epoch}/{cfg.train.epochs}  {text}", highlight=False)
 
         return run(
             cfg,
