@@ -18,6 +18,8 @@ from rich.table import Table
 from vaekit.cli import DEPLOY_PANEL, command, out_console, require_torch
 from vaekit.errors import UsageError, VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.runtimes.base import Decoder
+from vaekit.runtimes.parity import ParityReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime execution provider; a .plan always runs on cuda)."
 
@@ -30,11 +32,8 @@ def _parse_devices(text: str) -> tuple[str, ...]:
     return devices
 
 
-def _print_report(report: object, value_range: tuple[float, float], png: Path | None) -> None:
+def _print_report(report: ParityReport, value_range: tuple[float, float], png: Path | None) -> None:
     from vaekit.reports import parity_table, save_parity_png
-    from vaekit.runtimes.parity import ParityReport
-
-    assert isinstance(report, ParityReport)
     out_console.print(parity_table(report))
     for line in report.skipped:
         out_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
@@ -44,7 +43,15 @@ def _print_report(report: object, value_range: tuple[float, float], png: Path | 
         save_parity_png(report, value_range, png)
 
 
-ARTIFACT_PATTERNS = ("*.onnx", "*.plan", "*.plan.json", "manifest.json", "parity.json", "parity.png", "parity_inputs.npz")
+ARTIFACT_PATTERNS = (
+    "*.onnx",
+    "*.plan",
+    "*.plan.json",
+    "manifest.json",
+    "parity.json",
+    "parity.png",
+    "parity_inputs.npz",
+)
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -156,15 +163,26 @@ def parity(
     out_console.print(f"[green]parity passed[/] ({len(report.cases)} checks)")
 
 
-def _load_decoder_checked(engine: Path, device: str, trust: bool) -> object:
+def _checked(path: Path, role: str, trust: bool) -> Path:
+    """Resolve an artifact and print where it came from (refusing a hash mismatch unless --trust)."""
     from vaekit.export.manifest import provenance
-    from vaekit.runtimes import load_decoder
     from vaekit.runtimes.loader import resolve
 
-    resolved = resolve(engine, "decoder")
+    resolved = resolve(path, role)
     if resolved.suffix != ".safetensors":
         out_console.print(f"[dim]{escape(provenance(resolved, trust))}[/]", highlight=False)
-    return load_decoder(resolved, "cuda" if resolved.suffix in (".plan", ".engine") else device)
+    return resolved
+
+
+def _device_for(path: Path, device: str) -> str:
+    return "cuda" if path.suffix in (".plan", ".engine") else device
+
+
+def _load_decoder_checked(engine: Path, device: str, trust: bool) -> Decoder:
+    from vaekit.runtimes import load_decoder
+
+    resolved = _checked(engine, "decoder", trust)
+    return load_decoder(resolved, _device_for(resolved, device))
 
 
 @command(DEPLOY_PANEL)
@@ -184,7 +202,6 @@ def generate(
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
     from vaekit.generate import decode_all, interpolation_latents, prior_latents, traversal_latents
     from vaekit.images import grid, save_png, upscale
-    from vaekit.runtimes.base import Decoder
 
     if n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
@@ -194,7 +211,6 @@ def generate(
     if steps is not None and steps < 2:
         raise UsageError(f"--interpolate/--traverse needs >= 2 steps, got {steps}")
     decoder = _load_decoder_checked(engine, device, trust)
-    assert isinstance(decoder, Decoder)
     d = decoder.info.latent_dim
     ncol = None
     if interpolate is not None:
@@ -228,16 +244,14 @@ def reconstruct(
     from vaekit.data import load_data, to_float
     from vaekit.generate import reconstruct as run_reconstruct
     from vaekit.images import grid, labelled_rows, save_png, upscale
-    from vaekit.runtimes import Decoder, load_encoder
-    from vaekit.runtimes.loader import resolve
+    from vaekit.runtimes import load_encoder
     from vaekit.runtimes.parity import load_inputs
 
     if n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
-    enc_path = resolve(encoder, "encoder")
-    enc = load_encoder(enc_path, "cuda" if enc_path.suffix == ".plan" else device)
+    enc_path = _checked(encoder, "encoder", trust)
+    enc = load_encoder(enc_path, _device_for(enc_path, device))
     dec = _load_decoder_checked(decoder, device, trust)
-    assert isinstance(dec, Decoder)
     c, h, _ = enc.info.image_shape
     images_u8 = load_data(data, h, c, test_only=n).test if data else load_inputs(enc_path.parent)[0][:n]
     images = to_float(images_u8, enc.info.value_range)
