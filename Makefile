@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(RUNTIME)
 OUT ?= runs/default
 ARTIFACTS ?= artifacts/default
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-gpu lint format bench clean
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
@@ -33,6 +33,9 @@ run: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu -rs
 
 lint: install
 	$(BIN)/ruff check .

@@ -72,7 +72,9 @@ def as_vaekit(plain: nn.Module) -> MLPVAE:
     """Copy the reference weights into vaekit's MLP so both are scored by the same estimator."""
     model = MLPVAE(ModelConfig(arch="mlp", image_size=SIZE, latent_dim=20, hidden_dims=(400,)))
     names = {"fc21": "fc_mu", "fc22": "fc_var"}
-    model.load_state_dict({names.get(k.split(".")[0], k.split(".")[0]) + "." + k.split(".")[1]: v for k, v in plain.state_dict().items()})
+    model.load_state_dict(
+        {names.get(k.split(".")[0], k.split(".")[0]) + "." + k.split(".")[1]: v for k, v in plain.state_dict().items()}
+    )
     return model.eval()
 
 

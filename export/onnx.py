@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
@@ -23,11 +22,11 @@ from vaekit import __version__
 from vaekit.checkpoint import load_model, resolve_run
 from vaekit.config import RunConfig
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_bytes, sha256_file
+from vaekit.export.graph import finalize, set_metadata
+from vaekit.fsutil import sha256_file
 from vaekit.model import VAE
 
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10.x/11.x parsers
-PROTOBUF_LIMIT = 2**31 - 1  # one serialized proto; beyond it weights would have to go external
 ENCODER_IO = (["image"], ["mu", "log_var"])
 DECODER_IO = (["z"], ["image"])
 
@@ -76,25 +75,6 @@ def graph_metadata(cfg: RunConfig, role: str, checkpoint_sha256: str, max_batch:
         "checkpoint_sha256": checkpoint_sha256,
         "export_time": export_time(),
     }
-
-
-def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
-    del proto.metadata_props[:]
-    for key, value in sorted(meta.items()):
-        proto.metadata_props.add(key=key, value=value)
-
-
-def finalize(proto: onnx.ModelProto, path: Path) -> None:
-    """Check fully, infer shapes strictly, and write atomically as one self-contained file."""
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise VaekitError(f"exported graph {path.name} fails the ONNX checker: {exc}") from None
-    data = proto.SerializeToString()
-    if len(data) > PROTOBUF_LIMIT:
-        raise VaekitError(f"{path.name} is {len(data) / 2**30:.1f} GiB: over protobuf's 2 GiB limit for one file")
-    atomic_write_bytes(path, data)
 
 
 def _export_graph(module: nn.Module, example: torch.Tensor, io: tuple[list[str], list[str]], max_batch: int) -> Any:

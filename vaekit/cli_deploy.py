@@ -34,6 +34,7 @@ def _parse_devices(text: str) -> tuple[str, ...]:
 
 def _print_report(report: ParityReport, value_range: tuple[float, float], png: Path | None) -> None:
     from vaekit.reports import parity_table, save_parity_png
+
     out_console.print(parity_table(report))
     for line in report.skipped:
         out_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)

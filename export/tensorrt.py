@@ -1,0 +1,173 @@
+"""Build a TensorRT engine from one of our ONNX graphs: one code path for TensorRT 10.x (Jetson) and 11.x.
+
+The network is strongly typed (required in 11.x, accepted in 10.x): precision comes from the graph's
+types (fp32, fp16 graph, or explicit Q/DQ int8 graph), never from builder flags or calibrators, which
+11.x removed. One optimization profile covers batch 1..max_batch; the timing cache beside the plan makes
+rebuilds fast. After the build the engine inspector shows what precision the layers really run in, and
+a reduced-precision graph that came out all fp32 (a build that "succeeds" silently) is refused. The
+`.plan` stays a plain engine for trtexec/DeepStream/C++; vaekit's metadata goes into `<plan>.json`.
+No torch here: `vaekit build-engine` runs on the target device from ONNX alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from vaekit.runtimes.base import metadata_to_info
+from vaekit.runtimes.onnxrt import graph_metadata, read_graph
+from vaekit.runtimes.trt import (
+    cuda_status,
+    gpu_identity,
+    import_trt,
+    inspect_engine,
+    layer_precisions,
+    make_sidecar,
+    sidecar_path,
+)
+
+WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT may use per layer; our VAEs need far less
+TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
+
+
+def _logger(trt: Any) -> Any:
+    """A logger that keeps TensorRT's error messages, so a failed build can say why in one line."""
+
+    class Captured(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(msg.strip())
+
+    return Captured()
+
+
+def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(str(onnx_path)):
+        return
+    errors = []
+    for i in range(parser.num_errors):
+        parse_error = parser.get_error(i)
+        errors.append(f"node {parse_error.node_name() or '?'}: {parse_error.desc()}")
+    raise VaekitError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'no parser errors reported'}")
+
+
+def _use_timing_cache(config: Any, path: Path) -> None:
+    """Start from the saved timing cache; one from another GPU or TensorRT version is ignored."""
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        timing_cache = config.create_timing_cache(data)
+        if timing_cache is not None and config.set_timing_cache(timing_cache, False):
+            return
+    except Exception:  # a corrupt cache file: start afresh rather than fail the build
+        pass
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    max_batch: int,
+    *,
+    opt_batch: int | None = None,
+    workspace: int = WORKSPACE_BYTES,
+) -> dict[str, Any]:
+    """Build plan_path from onnx_path for batch 1..max_batch (tuned for opt_batch, default max_batch).
+
+    Writes the plan and its sidecar atomically and returns a summary (seconds, precision, layer counts).
+    """
+    t0 = time.perf_counter()
+    if max_batch < 1:
+        raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
+    opt = opt_batch or max_batch
+    if not 1 <= opt <= max_batch:
+        raise VaekitError(f"the profile's opt batch {opt} must lie in 1..{max_batch}")
+    meta = graph_metadata(read_graph(onnx_path))
+    info = metadata_to_info(meta, backend="tensorrt", device="cuda", path=str(onnx_path))
+    trt = import_trt()
+    missing = cuda_status()
+    if missing:
+        raise VaekitError(f"building {plan_path.name}: {missing}")
+    gpu = gpu_identity(0)
+
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    _parse(trt, network, logger, onnx_path)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector needs layer types
+    # TF32 (on by default) rounds float32 matmul/conv inputs to 10-bit mantissas: float32 in the graph means
+    # float32 in the engine, which is what the fp32 parity tolerance (1e-3 against PyTorch) assumes.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    net_input = network.get_input(0)
+    dims = tuple(int(d) for d in net_input.shape)[1:]
+    shapes = {"min": (1, *dims), "opt": (opt, *dims), "max": (max_batch, *dims)}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(net_input.name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache_path = plan_path.parent / TIMING_CACHE
+    _use_timing_cache(config, cache_path)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        why = logger.errors[-1] if logger.errors else "no error reported"
+        raise VaekitError(f"TensorRT could not build {plan_path.name} from {onnx_path.name}: {why}")
+    plan = bytes(serialized)
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise VaekitError(f"TensorRT built {plan_path.name} but cannot load it back: {'; '.join(logger.errors)}")
+    layers = layer_precisions(json.loads(inspect_engine(trt, engine, net_input.name, shapes["opt"])))
+    check_precision(info.precision, layers, onnx_path.name)
+
+    seconds = time.perf_counter() - t0
+    profile_json = {"input": net_input.name, **{k: list(v) for k, v in shapes.items()}}
+    sidecar = make_sidecar(
+        meta,
+        plan=plan,
+        precision=info.precision,
+        tensorrt_version=trt.__version__,
+        gpu=gpu,
+        profile=profile_json,
+        source_onnx=onnx_path.name,
+        source_sha256=sha256_file(onnx_path),
+        layers=layers,
+        build_seconds=seconds,
+    )
+    atomic_write_bytes(plan_path, plan)
+    atomic_write_text(sidecar_path(plan_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    return {
+        "plan": plan_path.name,
+        "sidecar": sidecar_path(plan_path).name,
+        "source": onnx_path.name,
+        "precision": info.precision,
+        "layers": layers,
+        "profile": profile_json,
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "bytes": len(plan),
+        "seconds": round(seconds, 2),
+    }
+
+
+def check_precision(precision: str, layers: dict[str, int], source: str) -> None:
+    """Refuse an engine whose layers do not run in the precision its graph asked for."""
+    if precision == "fp32":
+        return
+    if not layers.get(precision):
+        seen = ", ".join(f"{n} {p}" for p, n in sorted(layers.items())) or "no layer information"
+        raise VaekitError(
+            f"{source} is an {precision} graph but TensorRT built no {precision} layer ({seen}): "
+            "the engine would silently run in a wider type; not written"
+        )
