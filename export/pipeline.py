@@ -59,6 +59,8 @@ def export_artifacts(
     data: str | None = None,
     on_step: StepFn | None = None,
 ) -> ExportResult:
+    if max_batch < 1:
+        raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
     if precision not in PRECISION_SUFFIX:
         raise VaekitError(f"unknown --precision {precision!r}: use {', '.join(PRECISION_SUFFIX)}")
     if calibration_images < 1:

@@ -115,6 +115,11 @@ def _load_weights(model: VAE, weights: dict[str, torch.Tensor], source: Path) ->
             k = wrong[0]
             detail = f"{k} has shape {tuple(weights[k].shape)}, config expects {tuple(expected[k].shape)}"
         raise VaekitError(f"checkpoint {source} does not match its config.json: {detail}")
+    # Training stops before a non-finite step is saved, so NaN/Inf here means a damaged or foreign file.
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise VaekitError(f"checkpoint {source} holds NaN or Inf in {broken[0]}{more}: damaged, not loaded")
     model.load_state_dict(weights)
 
 

@@ -160,7 +160,9 @@ def parity(
             raise VaekitError(
                 "nothing to compare: only the reference runs here (pass --checkpoint, or export fp16/int8 graphs)"
             )
-        raise VaekitError("parity failed")
+        problems = report.errors + [f"{c.runtime} {c.output}: {c.broken[0]}" for c in report.cases if c.broken]
+        more = f" (+{len(problems) - 1} more in the table above)" if len(problems) > 1 else ""
+        raise VaekitError(f"parity failed: {problems[0]}{more}")
     out_console.print(f"[green]parity passed[/] ({len(report.cases)} checks)")
 
 

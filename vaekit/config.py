@@ -106,6 +106,21 @@ class TrainConfig:
             raise VaekitError(f"test fraction must be in (0, 1), got {self.test_fraction}")
 
 
+_JSON_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _check_types(section: Any) -> None:
+    """config.json may say "4" where 4 belongs: name the field instead of failing inside validate()."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        wanted = int if f.name == "hidden_dims" else _JSON_TYPES.get(str(f.type))
+        if wanted is None:
+            continue  # Literal and Optional fields: validate() names those
+        for v in value if f.name == "hidden_dims" else (value,):
+            if not isinstance(v, wanted) or (isinstance(v, bool) and wanted is not bool):
+                raise VaekitError(f"config field {f.name} must be {f.type}, got {value!r}")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -134,6 +149,8 @@ class RunConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VaekitError(f"config does not describe a vaekit run: {exc}") from None
+        for section in (cfg.model, cfg.loss, cfg.train):
+            _check_types(section)
         cfg.validate()
         return cfg
 

@@ -12,6 +12,7 @@ import shutil
 import struct
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise VaekitError(f"cannot read {path}: {exc}") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise VaekitError(f"{path} is not a uint8 IDX file (bad magic number)")
@@ -136,7 +137,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
         raise VaekitError(f"{path} is truncated or padded: header says {expected} bytes, file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable for torch
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -147,11 +148,18 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise VaekitError(f"mnist:{root}: {stem}[.gz] not found (get it with: vaekit download mnist {root})")
 
 
+def _read_images(path: Path) -> np.ndarray:
+    images = read_idx(path)
+    if images.ndim != 3:
+        raise VaekitError(f"{path} holds an IDX array of shape {images.shape}, not images (N, H, W)")
+    return images[:, None]
+
+
 def load_mnist(root: Path, image_size: int) -> ImageData:
     if not root.is_dir():
         raise VaekitError(f"mnist:{root}: no such directory")
-    train = read_idx(_find_idx(root, "train-images-idx3-ubyte"))[:, None]
-    test = read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))[:, None]
+    train = _read_images(_find_idx(root, "train-images-idx3-ubyte"))
+    test = _read_images(_find_idx(root, "t10k-images-idx3-ubyte"))
     extra = image_size - MNIST_SIZE
     if extra > 0 and extra % 2 == 0:
         # Zero padding, not resizing: the digits keep their pixels and nats stay comparable.
@@ -170,18 +178,18 @@ def download(dest: Path, base_url: str = MNIST_URL, files: Mapping[str, str] = M
         if target.is_file() and _md5(target) == md5:
             paths.append(target)
             continue
-        with tempfile.NamedTemporaryFile(dir=dest, delete=False, suffix=".part") as tmp:
-            try:
-                with urllib.request.urlopen(base_url + name, timeout=60) as response:
-                    shutil.copyfileobj(response, tmp)
-            except OSError as exc:
-                Path(tmp.name).unlink()
-                raise VaekitError(f"download of {base_url + name} failed: {exc}") from None
-        got = _md5(Path(tmp.name))
+        fd, part = tempfile.mkstemp(dir=dest, suffix=".part")
+        try:  # the close (and its flush) inside the try: a full disk fails here too, and the .part goes
+            with open(fd, "wb") as tmp, urllib.request.urlopen(base_url + name, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+        except OSError as exc:
+            Path(part).unlink(missing_ok=True)
+            raise VaekitError(f"download of {base_url + name} failed: {exc}") from None
+        got = _md5(Path(part))
         if got != md5:
-            Path(tmp.name).unlink()
+            Path(part).unlink()
             raise VaekitError(f"{name}: checksum mismatch (md5 {got}, expected {md5}); nothing was kept")
-        Path(tmp.name).replace(target)
+        Path(part).replace(target)
         paths.append(target)
     return paths
 

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,20 @@ from vaekit.errors import VaekitError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_SUFFIX = ".tmp"
+LOCK_FILE = ".lock"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it (POSIX rename is atomic)."""
+    """Write to a temp file beside `path`, fsync, then rename over it (POSIX rename is atomic).
+
+    A crash at any point leaves either the old file or the new one under `path`, never a mix; at worst
+    a hidden `.<name>.<random>.tmp` stays behind, which `remove_stale_temps` clears.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
         raise VaekitError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -59,23 +66,51 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def stale_temps(directory: Path) -> list[Path]:
+    """Temp files `atomic_write_bytes` left in `directory` when a process died before its rename."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file())
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete leftover temp files; only call this while holding `run_lock(directory)`."""
+    removed = stale_temps(directory)
+    for path in removed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return removed
+
+
 @contextlib.contextmanager
 def run_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `directory/.lock` so two processes never write one run."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lock_path = directory / ".lock"
-    with open(lock_path, "a+") as f:
+    """Hold an exclusive lock on `directory/.lock` so two processes never write one run.
+
+    flock is tied to the open file: the kernel releases it when the holder exits, even on SIGKILL, so
+    a crashed run never leaves a stale lock behind (the pid in the file is only for the message).
+    """
+    lock_path = directory / LOCK_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+")  # noqa: SIM115 (closed in the finally below)
+    except OSError as exc:
+        raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+    try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             owner = f.read().strip() or "unknown"
-            raise VaekitError(f"{directory} is being written by another process (pid {owner})") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+            raise VaekitError(
+                f"{directory} is in use by another vaekit process (pid {owner}): wait for it to finish or stop it"
+            ) from None
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} on {socket.gethostname()}")
+            f.flush()
+        except OSError as exc:
+            raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        yield
+    finally:
+        f.close()  # closing drops the lock

@@ -37,7 +37,14 @@ def interpolation_latents(rows: int, steps: int, latent_dim: int, seed: int) -> 
 
 
 def decode_all(decoder: Decoder, z: np.ndarray) -> np.ndarray:
-    return in_batches(decoder.decode, z, decoder.info.max_batch)
+    images = in_batches(decoder.decode, z, decoder.info.max_batch)
+    broken = ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if broken.any():
+        raise VaekitError(
+            f"{decoder.info.path or decoder.info.name} decoded {int(broken.sum())} of {len(images)} latents to "
+            "NaN or Inf: the artifact is damaged"
+        )
+    return images
 
 
 def top_dimensions(decoder: Decoder, count: int) -> list[int]:

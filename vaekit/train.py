@@ -1,7 +1,13 @@
 """Training: Adam + ExponentialLR, one process or `torchrun` DDP, checkpoint every epoch, exact resume.
 
-Determinism: each epoch reseeds torch from (seed, epoch, rank) and DistributedSampler shuffles from
+Determinism: each epoch draws its shuffle (DistributedSampler) and its reparameterization noise from
 (seed, epoch), so resuming after epoch E replays exactly what an uninterrupted run would have done.
+
+Distributed: --batch-size is the global batch. Rank r of W takes images r, r+W, ... of each global
+batch and the noise is drawn for the whole global batch and sliced the same way, so W processes
+compute the gradients of one process up to float summation order. BatchNorm is the exception: on CUDA
+it becomes SyncBatchNorm (statistics over the global batch); torch has no SyncBatchNorm on CPU, so
+there each rank normalizes over its own B/W images. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -10,21 +16,24 @@ import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from vaekit import __version__
 from vaekit.checkpoint import (
     CONFIG_FILE,
+    MODEL_FILE,
     TRAINER_FILE,
+    TrainerState,
     load_trainer,
     save_checkpoint,
     save_config,
@@ -33,7 +42,7 @@ from vaekit.config import RunConfig
 from vaekit.data import ImageData, load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
-from vaekit.fsutil import atomic_write_text, run_lock
+from vaekit.fsutil import atomic_write_text, remove_stale_temps, run_lock
 from vaekit.images import grid, labelled_rows, line_plot, save_png, upscale
 from vaekit.model import VAE, build_model
 
@@ -41,22 +50,50 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_PNG = "samples.png"
 RECON_PNG = "reconstructions.png"
 LOSS_PNG = "loss.png"
-RUN_FILES = (CONFIG_FILE, "model.safetensors", TRAINER_FILE, METRICS_FILE, SAMPLES_PNG, RECON_PNG, LOSS_PNG)
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, METRICS_FILE, SAMPLES_PNG, RECON_PNG, LOSS_PNG)
 PREVIEW_COUNT = 64
 PREVIEW_SEED = 1234
 
 # called after each batch with (epoch, batch index, batches per epoch, running means)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
+T = TypeVar("T")
 
 
 @dataclass
 class Dist:
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # this call created the process group, so it also destroys it
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Run fn on every rank; if it fails on any rank, every rank raises that error.
+
+        Without this, a rank-local failure (rank 0 finds the run dir locked, a full disk) leaves the other
+        ranks waiting in their next collective until a timeout. Doubles as a barrier.
+        """
+        error: VaekitError | None = None
+        result: T | None = None
+        try:
+            result = fn()
+        except VaekitError as exc:
+            error = exc
+        if self.world > 1:
+            messages: list[str] = [""] * self.world
+            dist.all_gather_object(messages, str(error) if error else "")
+            first = next((m for m in messages if m), "")
+            if first and error is None:
+                error = VaekitError(first)
+        if error is not None:
+            raise error
+        return cast(T, result)
+
+    def on_main(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run fn(*args) on rank 0 only (the one that writes files); the others wait for it and share its fate."""
+        self.agree(lambda: fn(*args) if self.main else None)
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,13 +106,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _init_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+def _init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise VaekitError("WORLD_SIZE and LOCAL_RANK must be integers: launch with torchrun") from None
+    if world <= 1:
+        return Dist(), device
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise VaekitError(f"LOCAL_RANK {local_rank}, but this machine has {gpus} GPU(s): --nproc-per-node {gpus}")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        try:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise VaekitError(f"cannot join the process group (WORLD_SIZE={world}): {reason}; use torchrun") from None
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), owns_group=owns), device
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -92,10 +145,38 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
+def _claim_run_dir(held: ExitStack, out: Path, resume: bool, overwrite: bool) -> None:
+    """Lock the run dir for the whole run, clear temp files a killed process left, check the flags."""
+    held.enter_context(run_lock(out))
+    remove_stale_temps(out)  # holding the lock proves their writer is gone
+    prepare_run_dir(out, resume, overwrite)
+
+
 def _kld_weight(cfg: RunConfig, n_train: int) -> float:
     if cfg.loss.kld_weight is not None:
         return cfg.loss.kld_weight
     return cfg.train.batch_size / n_train if cfg.model.likelihood == "gaussian" else 1.0
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch * 7919
+
+
+class TrainStep(nn.Module):
+    """encode -> z = mu + sigma * eps -> raw decoder output, with eps given by the caller.
+
+    The one module DDP wraps: taking eps as an input lets every rank use the noise of its images'
+    places in the global batch, which makes W ranks equal to one process.
+    """
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, log_var = self.vae.encode(x)
+        z = mu + torch.exp(0.5 * log_var) * eps
+        return self.vae.decode_raw(z), mu, log_var
 
 
 def _write_previews(
@@ -138,19 +219,16 @@ def train(
     data: ImageData | None = None,
     progress: ProgressFn | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (or resume) into `out`; returns the per-epoch metrics of the whole run."""
-    device = pick_device(device_name)
-    ddp = _init_distributed(device)
-    if ddp.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    lock = run_lock(out) if ddp.main else nullcontext()
-    with lock:
-        if ddp.main:
-            prepare_run_dir(out, resume, overwrite)
-        if ddp.world > 1:
-            dist.barrier()
-        return _train(cfg, out, resume, device, ddp, detect_anomaly, data, progress)
+    """Train (or resume) into `out`; returns the per-epoch metrics of the whole run ([] on ranks other than 0)."""
+    ddp, device = _init_distributed(pick_device(device_name))
+    try:
+        with ExitStack() as held:
+            ddp.on_main(_claim_run_dir, held, out, resume, overwrite)
+            history = _train(cfg, out, resume, device, ddp, detect_anomaly, data, progress)
+            return history if ddp.main else []
+    finally:
+        if ddp.owns_group:
+            dist.destroy_process_group()
 
 
 def _train(
@@ -167,7 +245,9 @@ def _train(
     tc = cfg.train
     if tc.batch_size % ddp.world:
         raise VaekitError(f"--batch-size {tc.batch_size} is the global batch: it must divide by {ddp.world} processes")
-    data = data or load_data(tc.data, cfg.model.image_size, cfg.model.in_channels, tc.test_fraction)
+    data = ddp.agree(lambda: data or load_data(tc.data, cfg.model.image_size, cfg.model.in_channels, tc.test_fraction))
+    if not len(data.train) or not len(data.test):
+        raise VaekitError(f"--data {tc.data}: {len(data.train)} training and {len(data.test)} test images; need both")
     if data.channels != cfg.model.in_channels or data.train.shape[-1] != cfg.model.image_size:
         raise VaekitError(f"data shape {data.train.shape[1:]} does not match the model's {cfg.model.image_shape}")
     cfg.model.pad = data.pad
@@ -175,20 +255,23 @@ def _train(
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = build_model(cfg.model).to(device)
+    if ddp.world > 1 and device.type == "cuda":
+        model = cast(VAE, nn.SyncBatchNorm.convert_sync_batchnorm(model))
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=tc.scheduler_gamma)
-    start_epoch, step, history = 1, 0, []
+    run = _Run(cfg, out, model, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, tc.scheduler_gamma), data)
+    start_epoch = 1
     if resume:
-        state = load_trainer(out, model)
+        state: TrainerState = ddp.agree(lambda: load_trainer(out, model))
         optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        start_epoch, step, history = state.epoch + 1, state.step, state.history
-    if ddp.main:
-        save_config(out, cfg)
-        _write_metrics(out / METRICS_FILE, history)  # drops rows of an epoch that crashed before its checkpoint
+        run.scheduler.load_state_dict(state.scheduler)
+        start_epoch, run.step, run.history = state.epoch + 1, state.step, state.history
 
-    net: torch.nn.Module = DistributedDataParallel(model) if ddp.world > 1 else model
-    train_u8 = torch.from_numpy(data.train)
+    ddp.on_main(save_config, out, cfg)
+    ddp.on_main(_write_metrics, out / METRICS_FILE, run.history)  # drops rows of an epoch lost in a crash
+
+    train_step = TrainStep(model)
+    net: nn.Module = DistributedDataParallel(train_step) if ddp.world > 1 else train_step
+    train_u8 = torch.from_numpy(np.require(data.train, requirements=["C", "W"]))  # mnist arrives read-only
     # DistributedSampler only needs len(): it yields indices, shuffled from (seed, epoch), one share per rank.
     sampler: DistributedSampler[int] = DistributedSampler(
         range(len(train_u8)),  # type: ignore[arg-type]
@@ -203,53 +286,84 @@ def _train(
     use_amp = tc.amp and device.type == "cuda"
 
     for epoch in range(start_epoch, tc.epochs + 1):
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 7919 + ddp.rank)
+        noise = torch.Generator().manual_seed(_epoch_seed(tc.seed, epoch))
         sampler.set_epoch(epoch)
         net.train()
-        sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
-        seen, t0 = 0, time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kld (each summed over images), images
+        t0 = time.perf_counter()
         for b, idx in enumerate(batches):
             x = train_u8[idx].to(device, non_blocking=True).float().div_(255.0).mul_(hi - lo).add_(lo)
+            n = x.shape[0]
+            # eps for the whole global batch, same on every rank; this rank's images sit at rank::world.
+            eps = torch.randn(n * ddp.world, cfg.model.latent_dim, generator=noise)[ddp.rank :: ddp.world]
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with torch.autograd.set_detect_anomaly(detect_anomaly), amp:
-                raw, mu, log_var = net(x)
-                terms = model.loss_function(raw.float(), x, mu.float(), log_var.float(), cfg.loss, kld_weight, step)
-            if not torch.isfinite(terms.loss):
+                raw, mu, log_var = net(x, eps.to(device))
+                terms = model.loss_function(raw.float(), x, mu.float(), log_var.float(), cfg.loss, kld_weight, run.step)
+            batch = torch.stack([terms.loss, terms.recon, terms.kld, torch.ones_like(terms.loss)]).detach().double() * n
+            if ddp.world > 1:
+                dist.all_reduce(batch)  # global sums; a NaN on any rank reaches every rank, so all stop together
+            batch = batch.cpu()
+            if not torch.isfinite(batch).all():
+                kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
                 raise VaekitError(
-                    f"loss became {terms.loss.item()} at epoch {epoch}, batch {b}: stopped; the checkpoint of "
-                    f"epoch {epoch - 1} is kept (try a lower --lr, or --detect-anomaly to find the op)"
+                    f"loss became {float(batch[0] / batch[3])} at epoch {epoch}, batch {b}: stopped; {kept} "
+                    "(try a lower --lr, or --detect-anomaly to find the op)"
                 )
             optimizer.zero_grad(set_to_none=True)
-            with torch.autograd.set_detect_anomaly(detect_anomaly):
-                terms.loss.backward()
+            _backward(terms.loss, detect_anomaly, f"epoch {epoch}, batch {b}")
             optimizer.step()
-            step += 1
-            n = x.shape[0]
-            seen += n
-            for key in sums:
-                sums[key] += getattr(terms, key).item() * n
+            run.step += 1
+            sums += batch
             if progress and ddp.main:
-                progress(epoch, b + 1, len(batches), {k: v / seen for k, v in sums.items()})
-        scheduler.step()
+                means = (sums[:3] / sums[3]).tolist()
+                progress(epoch, b + 1, len(batches), {"loss": means[0], "recon": means[1], "kld": means[2]})
+        run.scheduler.step()
         elapsed = time.perf_counter() - t0
-        if ddp.main:
-            test = evaluate(model, data.test, iwae_samples=1, seed=tc.seed, device=device)
-            row = {
+        ddp.on_main(run.end_epoch, epoch, sums, elapsed, device)
+    return run.history
+
+
+def _backward(loss: Tensor, detect_anomaly: bool, where: str) -> None:
+    try:
+        with torch.autograd.set_detect_anomaly(detect_anomaly):
+            loss.backward()
+    except RuntimeError as exc:
+        if not detect_anomaly:
+            raise
+        raise VaekitError(f"--detect-anomaly stopped {where}: {str(exc).splitlines()[0]}") from None
+
+
+@dataclass
+class _Run:
+    """What rank 0 needs at the end of each epoch to evaluate and write the checkpoint."""
+
+    cfg: RunConfig
+    out: Path
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: ImageData
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def end_epoch(self, epoch: int, sums: Tensor, elapsed: float, device: torch.device) -> None:
+        test = evaluate(self.model, self.data.test, iwae_samples=1, seed=self.cfg.train.seed, device=device)
+        seen = float(sums[3])
+        self.history.append(
+            {
                 "epoch": epoch,
-                "train_loss": sums["loss"] / seen,
-                "train_recon": sums["recon"] / seen,
-                "train_kld": sums["kld"] / seen,
+                "train_loss": float(sums[0]) / seen,
+                "train_recon": float(sums[1]) / seen,
+                "train_kld": float(sums[2]) / seen,
                 "test_neg_elbo": test["neg_elbo"],
                 "test_recon": test["recon"],
                 "test_kld": test["kld"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": seen * ddp.world / elapsed,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": seen / elapsed,
                 "seconds": elapsed,
             }
-            history.append(row)
-            save_checkpoint(out, model, optimizer, scheduler, epoch, step, history)
-            _write_metrics(out / METRICS_FILE, history)
-            _write_previews(out, model, data.test, history, device)
-        if ddp.world > 1:
-            dist.barrier()
-    return history
+        )
+        save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, epoch, self.step, self.history)
+        _write_metrics(self.out / METRICS_FILE, self.history)
+        _write_previews(self.out, self.model, self.data.test, self.history, device)
