@@ -46,5 +46,8 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+bench: install
+	$(BIN)/python benchmarks/run.py
+
 clean:
 	rm -rf runs artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -33,18 +33,24 @@ class Tolerance:
 
 
 # One table: (precision, device) -> output -> tolerance. GPU fp32 allows TF32 and other kernel orders.
+# "image" is judged on latents the prior plausibly draws; "image_stress" on the stress latents (|z| = 4 in
+# every dimension, |z|^2 = 16 D against D typical): full precision must still match there, fp16 must not
+# overflow, and int8, whose ranges are calibrated on real data, must stay a recognisable image.
+OUTPUTS = ("mu", "log_var", "image", "image_stress")
 TOLERANCES: dict[tuple[str, str], dict[str, Tolerance]] = {
-    ("fp32", "cpu"): {o: Tolerance(max_abs=1e-4, min_cosine=0.99999) for o in ("mu", "log_var", "image")},
-    ("fp32", "cuda"): {o: Tolerance(max_abs=1e-3, min_cosine=0.9999) for o in ("mu", "log_var", "image")},
+    ("fp32", "cpu"): {o: Tolerance(max_abs=1e-4, min_cosine=0.99999) for o in OUTPUTS},
+    ("fp32", "cuda"): {o: Tolerance(max_abs=1e-3, min_cosine=0.9999) for o in OUTPUTS},
     ("fp16", "cpu"): {
         "mu": Tolerance(max_abs=5e-2, min_cosine=0.999),
         "log_var": Tolerance(max_abs=5e-2, min_cosine=0.999),
         "image": Tolerance(min_psnr=40.0, min_cosine=0.999),
+        "image_stress": Tolerance(min_psnr=30.0, min_cosine=0.99),
     },
     ("int8", "cpu"): {
         "mu": Tolerance(min_cosine=0.98),
         "log_var": Tolerance(min_cosine=0.98),
         "image": Tolerance(min_psnr=30.0, min_cosine=0.99),
+        "image_stress": Tolerance(min_psnr=15.0),
     },
 }
 TOLERANCES[("fp16", "cuda")] = TOLERANCES[("fp16", "cpu")]
@@ -140,6 +146,12 @@ def fixed_latents(n: int, latent_dim: int) -> np.ndarray:
     return z.astype(np.float32)
 
 
+def typical_rows(z: np.ndarray) -> np.ndarray:
+    """Rows of z a N(0, I) prior plausibly draws: |z|^2 within 6 sigma of its chi-square mean D."""
+    d = z.shape[1]
+    return np.asarray((z.astype(np.float64) ** 2).sum(axis=1) <= d + 6 * np.sqrt(2 * d))
+
+
 def batch_sizes_for(max_batch: int, n: int) -> list[int]:
     """1, an odd size, and the maximum (bounded by the number of inputs)."""
     top = min(max_batch, n)
@@ -164,8 +176,11 @@ def compare_decoder(reference: Decoder, candidate: Decoder, z: np.ndarray, repor
     ref = in_batches(reference.decode, z, reference.info.max_batch)
     sizes = batch_sizes_for(candidate.info.max_batch, len(z))
     runs = [in_batches(candidate.decode, z, b) for b in sizes]
-    m = reduce(worst, (metrics(ref, got, candidate.info.value_range) for got in runs))
-    report.cases.append(_case(candidate.info, "image", sizes, m))
+    typical = typical_rows(z)
+    for name, rows in (("image", typical), ("image_stress", ~typical)):
+        if rows.any():
+            m = reduce(worst, (metrics(ref[rows], got[rows], candidate.info.value_range) for got in runs))
+            report.cases.append(_case(candidate.info, name, sizes, m))
     report.previews[candidate.info.name] = (ref, runs[-1])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,34 @@ def test_training_side_commands_name_the_extra(command: list[str], tmp_path: Pat
 def test_a_checkpoint_needs_torch_says_so(conv_run: Path, tmp_path: Path) -> None:
     result = vaekit_without_torch("generate", "--engine", str(conv_run), "--out", str(tmp_path / "g.png"))
     assert result.returncode == 1 and "vaekit[train]" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def int8_art(conv_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vaekit.export.pipeline import export_artifacts
+
+    out = tmp_path_factory.mktemp("int8_art")
+    assert export_artifacts(conv_run, out, max_batch=8, int8=True, calibration_images=64).report.passed
+    return out
+
+
+def test_parity_between_onnx_artifacts_and_bench_without_torch(int8_art: Path, tmp_path: Path) -> None:
+    result = vaekit_without_torch("parity", str(int8_art), "--devices", "cpu", "--json", str(tmp_path / "p.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["reference"]["backend"] == "onnxruntime" and report["reference"]["precision"] == "fp32"
+    assert {c["runtime"] for c in report["cases"]} == {"onnxruntime-cpu-int8"}
+    bench = vaekit_without_torch(
+        "bench",
+        str(int8_art),
+        "--batch-sizes",
+        "1",
+        "--min-runs",
+        "3",
+        "--min-seconds",
+        "0",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads((tmp_path / "b.json").read_text())

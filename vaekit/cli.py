@@ -281,4 +281,4 @@ def main() -> None:
 
 
 # Deploy-side commands register themselves on `app` (a separate module keeps each file small).
-from vaekit import cli_deploy, cli_trt  # noqa: E402, F401
+from vaekit import cli_bench, cli_deploy, cli_trt  # noqa: E402, F401

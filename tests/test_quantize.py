@@ -1,0 +1,139 @@
+"""INT8: explicit Q/DQ graphs with per-channel weights, fp32 I/O, metadata, parity within the int8 tolerances;
+and the exact CPU rewrites they are built on."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from vaekit.data import ImageData, to_float
+from vaekit.errors import VaekitError
+from vaekit.export import quantize
+from vaekit.export.quantize import quantize_int8
+from vaekit.runtimes import load_decoder
+from vaekit.runtimes.onnxrt import OrtDecoder, rewrite_for_cpu
+from vaekit.runtimes.parity import fixed_latents, load_inputs, run_parity, typical_rows
+
+
+@pytest.fixture(scope="module")
+def int8_art(
+    tmp_path_factory: pytest.TempPathFactory, conv_art: Path, digits16: ImageData
+) -> tuple[Path, dict[str, Any]]:
+    """The tiny conv run's fp32 graphs plus their int8 graphs, calibrated on its training images."""
+    out = tmp_path_factory.mktemp("int8_art")
+    for name in ("encoder.onnx", "decoder.onnx", "parity_inputs.npz", "manifest.json"):
+        shutil.copy(conv_art / name, out / name)
+    _, z = load_inputs(out)
+    images = to_float(digits16.train, (0.0, 1.0))
+    reports = {
+        role: quantize_int8(out / f"{role}.onnx", out / f"{role}.int8.onnx", images, z)
+        for role in ("encoder", "decoder")
+    }
+    return out, reports
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("role", ["encoder", "decoder"])
+def test_int8_graph_is_explicit_qdq_with_per_channel_weights(int8_art: tuple[Path, dict[str, Any]], role: str) -> None:
+    art, reports = int8_art
+    model = onnx.load(str(art / f"{role}.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert "ConvTranspose" not in ops  # the CPU provider has no int8 ConvTranspose: upsampling became convs
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    float_layers = set(reports[role]["fp32_layers"])
+    weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.name not in float_layers]
+    assert weighted
+    for node in weighted:
+        dq = producers[node.input[1]]
+        assert dq.op_type == "DequantizeLinear", node.name
+        q_weight, scale, zero = (inits[i] for i in dq.input[:3])
+        assert q_weight.dtype == np.int8
+        assert scale.ndim == 1 and scale.size > 1, node.name  # one scale per output channel
+        if node.op_type == "Conv":
+            assert scale.size == q_weight.shape[0], node.name
+        assert not zero.any()  # symmetric, as TensorRT requires
+    activation_zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in activation_zero_points)
+    for value in (*model.graph.input, *model.graph.output):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    meta = {p.key: p.value for p in model.metadata_props}
+    fp32_meta = {p.key: p.value for p in onnx.load(str(art / f"{role}.onnx")).metadata_props}
+    assert meta["precision"] == "int8"
+    assert {k: v for k, v in meta.items() if k != "precision"} == {
+        k: v for k, v in fp32_meta.items() if k != "precision"
+    }
+
+
+def test_int8_parity_within_the_int8_tolerances(int8_art: tuple[Path, dict[str, Any]], conv_run: Path) -> None:
+    art, reports = int8_art
+    images_u8, z = load_inputs(art)
+    report = run_parity(art, conv_run, to_float(images_u8, (0.0, 1.0)), z, devices=("cpu",))
+    int8 = [c for c in report.cases if c.runtime.endswith("int8")]
+    assert {c.output for c in int8} == {"mu", "log_var", "image", "image_stress"}
+    assert all(c.passed for c in int8), [(c.output, c.broken) for c in int8]
+    image = next(c for c in int8 if c.output == "image")
+    assert 30.0 <= image.metrics["psnr"] < 200.0  # lossy, but within the int8 tolerance
+    for role, r in reports.items():
+        assert r["within_tolerance"] and r["fp32_layers"] == [] and r["quantized_layers"] > 0, role
+    assert reports["decoder"]["calibration_count"] > reports["encoder"]["calibration_count"]  # mu + prior latents
+    assert "mu" in reports["decoder"]["calibration"]
+
+
+def test_layers_fall_back_to_fp32_when_the_target_is_missed(
+    tmp_path: Path, int8_art: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    art, _ = int8_art
+    monkeypatch.setattr(quantize, "PSNR_MARGIN_DB", 500.0)  # an unreachable target forces every fallback
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(art / name, tmp_path / name)
+    images_u8, z = load_inputs(art)
+    r = quantize_int8(tmp_path / "decoder.onnx", tmp_path / "decoder.int8.onnx", to_float(images_u8, (0.0, 1.0)), z)
+    fallbacks = [a["fp32_layers"] for a in r["attempts"][2:]]  # after the two calibrations, ever more float layers
+    assert [len(f) for f in fallbacks] == list(range(1, quantize.MAX_FP32_LAYERS + 1))
+    assert r["fp32_layers"] == []  # float layers that do not reach the target are not worth their speed
+    model = onnx.load(str(tmp_path / "decoder.int8.onnx"))
+    float_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert not float_weights & {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert load_decoder(tmp_path / "decoder.int8.onnx").decode(z).shape == (len(z), 1, 16, 16)
+
+
+def test_quantize_refuses_what_it_cannot_start_from(int8_art: tuple[Path, dict[str, Any]]) -> None:
+    art, _ = int8_art
+    images = np.zeros((4, 1, 16, 16), np.float32)
+    with pytest.raises(VaekitError, match="already int8"):
+        quantize_int8(art / "decoder.int8.onnx", art / "again.onnx", images, fixed_latents(4, 4))
+    with pytest.raises(VaekitError, match="at least one image"):
+        quantize_int8(art / "encoder.onnx", art / "again.onnx", images[:0], fixed_latents(4, 4))
+
+
+def test_stress_latents_are_told_apart() -> None:
+    z = fixed_latents(64, 16)  # rows 0-2 are the +-4 corners
+    kept = z[typical_rows(z)]
+    assert len(kept) == 61 and not (np.abs(kept) == 4.0).all(axis=1).any()
+
+
+@pytest.mark.parametrize("every_upsample", [False, True])
+def test_cpu_rewrites_are_exact(conv_art: Path, every_upsample: bool) -> None:
+    src = conv_art / "decoder.onnx"
+    model = onnx.load(str(src))
+    done = rewrite_for_cpu(model, every_upsample=every_upsample)
+    assert any("one Gemm" in d for d in done) and any("phase space" in d for d in done)
+    onnx.checker.check_model(model, full_check=True)
+    z = fixed_latents(8, 4) * 0.75
+    reference = OrtDecoder(src, rewrite=False).decode(z)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    assert OrtDecoder(src).rewrites == rewrite_for_cpu(onnx.load(str(src)))  # the runtime applies the same passes
