@@ -80,7 +80,7 @@ def export_artifacts(
     m = cfg.model
     quantize = int8 or precision == "int8"
     need = max(max_batch, calibration_images) if quantize else max_batch
-    real = step("data", lambda: load_data(spec, m.image_size, m.in_channels, cfg.train.test_fraction, test_only=need))
+    real = step("data", lambda: load_data(spec, m.image_size, m.in_channels, cfg.train.test_fraction, limit=need))
     if real.pad != m.pad:
         raise VaekitError(f"--data {spec} is padded by {real.pad}px but the model was trained with {m.pad}px")
     images_u8 = real.test[:max_batch]
@@ -101,7 +101,8 @@ def export_artifacts(
     if quantize:
         from vaekit.export.quantize import quantize_int8
 
-        calibration = to_float(real.test[:calibration_images], m.value_range)
+        # calibrate on training images; parity judges on test images the quantizer never saw
+        calibration = to_float(real.train[:calibration_images], m.value_range)
         result.details["int8"] = step(
             "int8",
             lambda: {

@@ -150,7 +150,7 @@ def parity(
     images_u8, z = load_inputs(artifacts)
     if data:
         c, h, _ = info.image_shape
-        images_u8 = load_data(data, h, c, test_only=len(images_u8)).test
+        images_u8 = load_data(data, h, c, limit=len(images_u8)).test
     report = run_parity(artifacts, checkpoint, to_float(images_u8, info.value_range), z, wanted)
     _print_report(report, info.value_range, png or artifacts / "parity.png")
     if json_out:
@@ -256,7 +256,7 @@ def reconstruct(
     enc = load_encoder(enc_path, _device_for(enc_path, device))
     dec = _load_decoder_checked(decoder, device, trust)
     c, h, _ = enc.info.image_shape
-    images_u8 = load_data(data, h, c, test_only=n).test if data else load_inputs(enc_path.parent)[0][:n]
+    images_u8 = load_data(data, h, c, limit=n).test if data else load_inputs(enc_path.parent)[0][:n]
     images = to_float(images_u8, enc.info.value_range)
     recon, psnr = run_reconstruct(enc, dec, images)
     vr = dec.info.value_range

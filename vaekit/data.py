@@ -56,9 +56,9 @@ def to_float(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 
 
 def load_data(
-    spec: str, image_size: int, channels: int | None = None, test_fraction: float = 0.1, test_only: int | None = None
+    spec: str, image_size: int, channels: int | None = None, test_fraction: float = 0.1, limit: int | None = None
 ) -> ImageData:
-    """Load a dataset spec; with test_only=n, only the first n test images are read (train is left empty)."""
+    """Load a dataset spec; with limit=n, only the first n images of each split are read (parity, calibration)."""
     kind, _, arg = spec.partition(":")
     if kind in ("digits", "shapes") and arg:
         raise VaekitError(f"--data {spec!r}: {kind} takes no argument")
@@ -68,13 +68,14 @@ def load_data(
         raise VaekitError(f"--data {kind} is grayscale: it has 1 channel, not {channels}")
     if kind == "mnist":
         data = load_mnist(Path(arg).expanduser(), image_size)
-        return ImageData(train=data.train[:0], test=data.test[:test_only], pad=data.pad) if test_only else data
+        return ImageData(train=data.train[:limit], test=data.test[:limit], pad=data.pad)
     if kind == "folder":
         files = list_images(Path(arg).expanduser())
         train_idx, test_idx = split_indices(len(files), test_fraction)
-        wanted = [test_idx[:test_only]] if test_only else [train_idx, test_idx]
-        loaded = [load_folder([files[i] for i in idx], image_size, channels or 3) for idx in wanted]
-        return ImageData(train=loaded[0][:0], test=loaded[0]) if test_only else ImageData(loaded[0], loaded[1])
+        train, test = (
+            load_folder([files[i] for i in idx[:limit]], image_size, channels or 3) for idx in (train_idx, test_idx)
+        )
+        return ImageData(train=train, test=test)
     if kind == "digits":
         images = _resize_all(_digits(), image_size)
     elif kind == "shapes":
@@ -82,9 +83,7 @@ def load_data(
     else:
         raise VaekitError(f"unknown --data {spec!r}: use digits, shapes, mnist:DIR or folder:DIR")
     train_idx, test_idx = split_indices(len(images), test_fraction)
-    if test_only:
-        return ImageData(train=images[:0], test=images[test_idx[:test_only]])
-    return ImageData(train=images[train_idx], test=images[test_idx])
+    return ImageData(train=images[train_idx[:limit]], test=images[test_idx[:limit]])
 
 
 def split_indices(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
