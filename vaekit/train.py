@@ -12,6 +12,7 @@ there each rank normalizes over its own B/W images. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -228,6 +229,10 @@ def train(
             return history if ddp.main else []
     finally:
         if ddp.owns_group:
+            # Leave together: a rank that tears its gloo pairs down while a peer is still finishing its
+            # last collective can make that peer abort ("terminate called without an active exception").
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
             dist.destroy_process_group()
 
 
