@@ -36,21 +36,25 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
     path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
+def blob_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n 28x28 uint8 images of a filled disc at a random place and radius: cheap, learnable 'digits'."""
+    yy, xx = np.mgrid[:28, :28]
+    cx, cy, r = rng.uniform(8, 20, n), rng.uniform(8, 20, n), rng.uniform(3, 7, n)
+    img = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2) * 255
+    return img.astype(np.uint8)
+
+
+def write_blob_mnist(root: Path, n_train: int, n_test: int, seed: int) -> Path:
+    """A fake MNIST in the standard IDX files (train gzipped, test raw)."""
+    rng = np.random.default_rng(seed)
+    write_idx(root / "train-images-idx3-ubyte.gz", blob_images(rng, n_train))
+    write_idx(root / "t10k-images-idx3-ubyte", blob_images(rng, n_test), gz=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fake MNIST: blobs of 28x28 'digits' in standard IDX files (train gz, test raw)."""
-    root = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:28, :28]
-
-    def blobs(n: int) -> np.ndarray:
-        cx, cy, r = rng.uniform(8, 20, n), rng.uniform(8, 20, n), rng.uniform(3, 7, n)
-        img = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2) * 255
-        return img.astype(np.uint8)
-
-    write_idx(root / "train-images-idx3-ubyte.gz", blobs(96))
-    write_idx(root / "t10k-images-idx3-ubyte", blobs(24), gz=False)
-    return root
+    return write_blob_mnist(tmp_path_factory.mktemp("mnist"), 96, 24, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from tests.conftest import write_idx
+from tests.conftest import write_blob_mnist
 from tests.test_cli import assert_one_line_error, run
 from vaekit.checkpoint import load_config, load_model, load_trainer
 from vaekit.fsutil import remove_stale_temps, stale_temps
@@ -32,14 +32,7 @@ WAIT_S = 90
 @pytest.fixture(scope="module")
 def slow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4096 images: an epoch lasts long enough (about 2 s on one core) to be killed in the middle of it."""
-    root = tmp_path_factory.mktemp("blobs4k")
-    rng = np.random.default_rng(2)
-    yy, xx = np.mgrid[:28, :28]
-    cx, cy, r = (rng.uniform(lo, hi, 4096 + 256) for lo, hi in ((8, 20), (8, 20), (3, 7)))
-    images = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2) * 255
-    write_idx(root / "train-images-idx3-ubyte.gz", images[:4096])
-    write_idx(root / "t10k-images-idx3-ubyte", images[4096:], gz=False)
-    return root
+    return write_blob_mnist(tmp_path_factory.mktemp("blobs4k"), 4096, 256, seed=2)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 import torch.distributed as dist
 from safetensors.numpy import load_file
 
-from tests.conftest import write_idx
+from tests.conftest import write_blob_mnist
 from tests.test_cli import run
 from vaekit.fsutil import LOCK_FILE
 from vaekit.train import METRICS_FILE, RUN_FILES
@@ -40,17 +40,7 @@ RUN_TIMEOUT = 120
 @pytest.fixture(scope="module")
 def blobs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """256 training images (8 global batches of 32) in MNIST's IDX format: no sklearn import in the workers."""
-    root = tmp_path_factory.mktemp("blobs")
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:28, :28]
-
-    def blobs(n: int) -> np.ndarray:
-        cx, cy, r = rng.uniform(8, 20, n), rng.uniform(8, 20, n), rng.uniform(3, 7, n)
-        return ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2) * 255
-
-    write_idx(root / "train-images-idx3-ubyte.gz", blobs(256))
-    write_idx(root / "t10k-images-idx3-ubyte", blobs(64), gz=False)
-    return root
+    return write_blob_mnist(tmp_path_factory.mktemp("blobs"), 256, 64, seed=1)
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
