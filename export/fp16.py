@@ -30,7 +30,7 @@ from onnx.reference import ReferenceEvaluator
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.runtimes.onnxrt import graph_metadata, import_ort, read_graph
-from vaekit.runtimes.parity import TOLERANCES, judge, metrics
+from vaekit.runtimes.parity import TOLERANCES, judge, metrics, typical_rows
 
 FP16_MAX = 65504.0  # largest finite float16
 HEADROOM_MARGIN = 16.0  # keep 4 bits of range spare: unseen inputs may reach further than the profiled ones
@@ -250,7 +250,9 @@ def verify(
         span = value_range if out == "image" else None
         result["onnxruntime_cpu"][out] = metrics(ref, ort_out, span)
         result["fp16_arithmetic"][out] = metrics(ref[:EMULATED_ROWS], emu, span)
-        broken += [f"{out} {b}" for b in judge(result["fp16_arithmetic"][out], TOLERANCES[("fp16", "cpu")][out])]
+        # the emulated decoder rows are the stress corners: judged as parity judges them
+        key = "image_stress" if out == "image" and not typical_rows(rows[name]).all() else out
+        broken += [f"{out} {b}" for b in judge(result["fp16_arithmetic"][out], TOLERANCES[("fp16", "cpu")][key])]
     if broken:
         raise VaekitError(f"in fp16 arithmetic the graph breaks the fp16 tolerance: {'; '.join(broken)}")
     return result

@@ -125,7 +125,7 @@ def export_artifacts(
     result.report = report
     atomic_write_text(out_dir / PARITY_JSON, json.dumps(report.to_json(), indent=2) + "\n")
     info = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(Path(checkpoint).resolve()),  # bench finds the PyTorch peers from any directory
         "latent_dim": m.latent_dim,
         "image_shape": list(m.image_shape),
         "value_range": list(m.value_range),

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from vaekit.errors import VaekitError
-from vaekit.export.onnx import finalize, set_metadata
+from vaekit.export.graph import finalize, set_metadata
 from vaekit.runtimes.base import in_batches
 from vaekit.runtimes.onnxrt import OrtEncoder, graph_metadata, import_ort, read_graph, rewrite_for_cpu
 from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, metrics, typical_rows

@@ -87,7 +87,7 @@ def build_engine(
     t0 = time.perf_counter()
     if max_batch < 1:
         raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
-    opt = opt_batch or max_batch
+    opt = max_batch if opt_batch is None else opt_batch
     if not 1 <= opt <= max_batch:
         raise VaekitError(f"the profile's opt batch {opt} must lie in 1..{max_batch}")
     meta = graph_metadata(read_graph(onnx_path))

@@ -84,14 +84,12 @@ def onnx_devices() -> dict[str, str]:
 
 def tensorrt_status() -> str:
     """'' when TensorRT engines can run here, else why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt not installed (pip install 'vaekit[trt]' on a machine with an NVIDIA GPU)"
-    except Exception as exc:  # a tensorrt wheel without its CUDA libraries fails to import with OSError and others
-        return f"tensorrt cannot load here: {str(exc).splitlines()[0]}"
-    from vaekit.runtimes.trt import cuda_status
+    from vaekit.runtimes.trt import cuda_status, import_trt
 
+    try:
+        import_trt()
+    except VaekitError as exc:
+        return str(exc)
     return cuda_status()
 
 

@@ -446,9 +446,7 @@ def _session(
 
 def load_info(path: Path, device: str = "cpu") -> ArtifactInfo:
     model = read_graph(path)
-    info = metadata_to_info(
-        graph_metadata(model), backend="onnxruntime", device="cpu" if device == "cpu" else "cuda", path=str(path)
-    )
+    info = metadata_to_info(graph_metadata(model), backend="onnxruntime", device=device, path=str(path))
     _check_input(model, info, path)
     return info
 
@@ -475,6 +473,13 @@ def _load(
     return (info, *_session(path, device, info, threads, rewrite))
 
 
+def _run(session: Any, outputs: list[str], feed: dict[str, np.ndarray], path: str) -> list[np.ndarray]:
+    try:
+        return list(session.run(outputs, feed))
+    except Exception as exc:  # ORT raises its own Fail/InvalidArgument types: the graph cannot run this input
+        raise VaekitError(f"ONNX Runtime failed to run {path}: {str(exc).splitlines()[0]}") from None
+
+
 class OrtEncoder(Encoder):
     """rewrite=False runs the graph exactly as stored (to measure what the CPU rewrites buy)."""
 
@@ -482,7 +487,7 @@ class OrtEncoder(Encoder):
         self.info, self.session, self.rewrites = _load(path, "encoder", device, threads, rewrite)
 
     def _encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, log_var = self.session.run(["mu", "log_var"], {"image": images})
+        mu, log_var = _run(self.session, ["mu", "log_var"], {"image": images}, self.info.path)
         return mu, log_var
 
 
@@ -493,4 +498,4 @@ class OrtDecoder(Decoder):
         self.info, self.session, self.rewrites = _load(path, "decoder", device, threads, rewrite)
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
-        return self.session.run(["image"], {"z": z})[0]
+        return _run(self.session, ["image"], {"z": z}, self.info.path)[0]

@@ -8,6 +8,8 @@ worst result over batch sizes is what gets judged.
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -205,9 +207,12 @@ def load_inputs(artifact_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         raise VaekitError(f"{path} not found: re-export, or pass --data")
     try:
         with np.load(path, allow_pickle=False) as f:
-            return f["images"], f["z"]
-    except (OSError, ValueError, KeyError) as exc:
+            images, z = f["images"], f["z"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise VaekitError(f"{path} is not a vaekit parity input file: {exc}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or z.ndim != 2 or not len(images) or not len(z):
+        raise VaekitError(f"{path}: expected uint8 images (N, C, H, W) and z (N, D), N >= 1")
+    return images, z
 
 
 def run_parity(
@@ -229,6 +234,8 @@ def run_parity(
     trt_status: str | None = None
     for role, path in artifact_files(artifact_dir):
         if path.suffix == ".plan":
+            if not {"cuda", "tensorrt"} & set(devices):
+                continue  # engines run on a GPU only; --devices did not ask for one
             trt_status = tensorrt_status() if trt_status is None else trt_status
             plan_devices = [("cuda", trt_status)]
         else:

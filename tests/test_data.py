@@ -138,3 +138,9 @@ def test_value_ranges() -> None:
     x = np.array([0, 255], dtype=np.uint8)
     assert to_float(x, (0.0, 1.0)).tolist() == [0.0, 1.0]
     assert to_float(x, (-1.0, 1.0)).tolist() == [-1.0, 1.0]
+
+
+def test_download_from_a_bad_url_is_one_error_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(VaekitError, match="download of notaurl/a.gz failed"):
+        fetch(tmp_path, "notaurl/", {"a.gz": "0" * 32})
+    assert not list(tmp_path.iterdir())

@@ -59,13 +59,16 @@ def _publish(staging: Path, out: Path) -> None:
     """Move each staged file into out (one atomic rename per file), drop artifacts of an older export
     that this one did not write (a stale decoder.fp16.onnx would otherwise sit beside a new manifest)."""
     out.mkdir(parents=True, exist_ok=True)
-    fresh = {item.name for item in staging.iterdir()}
+    fresh = {item.name for item in staging.iterdir() if item.is_file()}
     for pattern in ARTIFACT_PATTERNS:
         for old in out.glob(pattern):
             if old.name not in fresh:
                 old.unlink()
     for item in staging.iterdir():
-        os.replace(item, out / item.name)
+        if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
+            shutil.rmtree(item)
+        else:
+            os.replace(item, out / item.name)
     staging.rmdir()
 
 

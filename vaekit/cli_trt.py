@@ -73,6 +73,9 @@ def build_engine_command(
         raise UsageError(f"--precision must be fp32, fp16 or int8, got {precision!r}")
     if workspace_mib < 1:
         raise UsageError(f"--workspace-mib must be >= 1, got {workspace_mib}")
+    for flag, value in (("--max-batch", max_batch), ("--opt-batch", opt_batch)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     info = describe(onnx)
     convert = precision is not None and precision != info.precision
     if convert and precision == "int8":
@@ -87,7 +90,11 @@ def build_engine_command(
     source = _convert_first(onnx, info.role, info.value_range) if convert else onnx
     plan = out or onnx.parent / f"{info.role}.plan"
     result = build_engine(
-        source, plan, max_batch or info.max_batch, opt_batch=opt_batch, workspace=workspace_mib * 2**20
+        source,
+        plan,
+        info.max_batch if max_batch is None else max_batch,
+        opt_batch=opt_batch,
+        workspace=workspace_mib * 2**20,
     )
     _record_in_manifest([plan, plan.with_name(result["sidecar"]), *([source] if source != onnx else [])])
     layers = ", ".join(f"{n} {p}" for p, n in sorted(result["layers"].items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import shutil
 import struct
 import tempfile
@@ -181,7 +182,7 @@ def download(dest: Path, base_url: str = MNIST_URL, files: Mapping[str, str] = M
         try:  # the close (and its flush) inside the try: a full disk fails here too, and the .part goes
             with open(fd, "wb") as tmp, urllib.request.urlopen(base_url + name, timeout=60) as response:
                 shutil.copyfileobj(response, tmp)
-        except OSError as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # ValueError: not a URL
             Path(part).unlink(missing_ok=True)
             raise VaekitError(f"download of {base_url + name} failed: {exc}") from None
         got = _md5(Path(part))
