@@ -141,6 +141,6 @@ def test_value_ranges() -> None:
 
 
 def test_download_from_a_bad_url_is_one_error_and_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(VaekitError, match="download of notaurl/a.gz failed"):
+    with pytest.raises(VaekitError, match=r"download of notaurl/a\.gz failed"):
         fetch(tmp_path, "notaurl/", {"a.gz": "0" * 32})
     assert not list(tmp_path.iterdir())
