@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vaekit.checkpoint import load_config
+from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.data import load_data, to_float
 from vaekit.errors import VaekitError
 from vaekit.export.manifest import write_manifest
@@ -27,8 +28,6 @@ from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX, ParityReport
 
 PARITY_JSON = "parity.json"
 PARITY_PNG = "parity.png"
-DEFAULT_MAX_BATCH = 64
-DEFAULT_CALIBRATION_IMAGES = 512
 
 StepFn = Callable[[str, float], None]  # (step name, seconds) after each step
 

@@ -33,6 +33,7 @@ import onnx
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.runtimes.base import in_batches
+from vaekit.runtimes.loader import ENCODER_ONNX
 from vaekit.runtimes.onnxrt import OrtEncoder, graph_metadata, import_ort, read_graph, rewrite_for_cpu
 from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, metrics, typical_rows
 
@@ -107,7 +108,7 @@ def calibration_sets(
         every = np.ones(len(images), bool)
         return {"images": images}, images, {"images": every}, every, f"{len(images)} images"
     z = np.ascontiguousarray(z, dtype=np.float32)
-    encoder = src.parent / "encoder.onnx"
+    encoder = src.parent / ENCODER_ONNX
     mu = np.zeros((0, z.shape[1]), np.float32)
     if encoder.is_file():
         enc = OrtEncoder(encoder)

@@ -16,9 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from vaekit.cli import DEPLOY_PANEL, command, out_console, require_torch
+from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.errors import UsageError, VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder
+from vaekit.runtimes.loader import DECODER_ONNX
 from vaekit.runtimes.parity import ParityReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime execution provider; a .plan always runs on cuda)."
@@ -76,12 +78,16 @@ def _publish(staging: Path, out: Path) -> None:
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Run directory or model.safetensors.")],
     out: Annotated[Path, typer.Option(help="Artifact directory.")] = Path("artifacts/default"),
-    max_batch: Annotated[int, typer.Option(help="Largest batch the artifacts accept (TensorRT profile max).")] = 64,
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch the artifacts accept (TensorRT profile max).")
+    ] = DEFAULT_MAX_BATCH,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the graph TensorRT builds from.")] = "fp32",
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write QDQ int8 graphs (ONNX Runtime static quantization).")
     ] = False,
-    calibration_images: Annotated[int, typer.Option(help="Real images used to calibrate int8.")] = 512,
+    calibration_images: Annotated[
+        int, typer.Option(help="Real images used to calibrate int8.")
+    ] = DEFAULT_CALIBRATION_IMAGES,
     trt: Annotated[
         bool, typer.Option("--trt", help="Also build TensorRT engines (needs an NVIDIA GPU + tensorrt).")
     ] = False,
@@ -127,7 +133,7 @@ def export(
 def _value_range(artifact_dir: Path) -> tuple[float, float]:
     from vaekit.runtimes.loader import describe
 
-    return describe(artifact_dir / "decoder.onnx").value_range
+    return describe(artifact_dir / DECODER_ONNX).value_range
 
 
 @command(DEPLOY_PANEL)
@@ -149,7 +155,7 @@ def parity(
     wanted = _parse_devices(devices)
     if not artifacts.is_dir():
         raise VaekitError(f"{artifacts} is not an artifact directory")
-    info = describe(artifacts / "decoder.onnx")
+    info = describe(artifacts / DECODER_ONNX)
     images_u8, z = load_inputs(artifacts)
     if data:
         c, h, _ = info.image_shape

@@ -17,6 +17,8 @@ CONV_HIDDEN_DIMS = (32, 64, 128, 256)  # AntixK beta_vae.py uses (32, 64, 128, 2
 MLP_HIDDEN_DIMS = (400,)  # pytorch/examples vae: 784-400-20
 DEFAULT_DATA = "digits"
 DEFAULT_OUT = "runs/default"
+DEFAULT_MAX_BATCH = 64  # exported artifacts: batch 1..this (the TensorRT profile's max)
+DEFAULT_CALIBRATION_IMAGES = 512  # int8 calibration
 VALUE_RANGES: dict[str, tuple[float, float]] = {"bernoulli": (0.0, 1.0), "gaussian": (-1.0, 1.0)}
 
 
