@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vaekit import __version__
+from vaekit.doctor import package_versions
 from vaekit.fsutil import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
-VERSIONED = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "onnxscript")
-
-
-def versions() -> dict[str, str]:
-    found = {"vaekit": __version__, "python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def write_manifest(out_dir: Path, info: dict[str, Any], parity: dict[str, Any] | None) -> Path:
@@ -32,7 +19,7 @@ def write_manifest(out_dir: Path, info: dict[str, Any], parity: dict[str, Any] |
         for p in sorted(out_dir.iterdir())
         if p.is_file() and p.suffix in (".onnx", ".plan", ".json", ".npz") and p.name != MANIFEST
     }
-    manifest = {"format": 1, **info, "versions": versions(), "files": files, "parity": parity}
+    manifest = {"format": 1, **info, "versions": package_versions(), "files": files, "parity": parity}
     path = out_dir / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path

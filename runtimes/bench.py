@@ -19,12 +19,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vaekit.doctor import package_versions
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.loader import load_decoder, load_encoder, onnx_devices, tensorrt_status
@@ -40,7 +40,6 @@ GRAPHS = ("decoder", "encoder")
 INPUT_SEED = 0
 GEMM_N = 1024  # the ceiling probe: one fp32 1024^3 MatMul on ONNX Runtime, same threads
 STABLE_MEDIAN = 0.02  # stop once the median's confidence half-width is below 2% of it
-VERSIONED = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt")
 
 
 @dataclass
@@ -190,12 +189,7 @@ def cpu_peak(cores: int) -> dict[str, Any]:
 
 
 def machine(threads: int) -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    versions = package_versions()
     return {
         "cpu": cpu_peak(threads),
         "threads": threads,

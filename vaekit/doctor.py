@@ -11,14 +11,25 @@ from pathlib import Path
 
 from vaekit import __version__
 
+NOT_INSTALLED = "not installed"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd")
+
+
+VERSIONED = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "onnxscript")
+
+
+def package_versions() -> dict[str, str]:
+    """vaekit, Python and the installed packages that decide what an artifact computes."""
+    found = {"vaekit": __version__, "python": platform.python_version()}
+    found.update({name: v for name in VERSIONED if (v := _version(name)) != NOT_INSTALLED})
+    return found
 
 
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return "not installed"
+        return NOT_INSTALLED
 
 
 def cpu_summary() -> dict[str, str]:
@@ -73,7 +84,7 @@ def machine_report() -> dict[str, object]:
         "onnxruntime-gpu": _version("onnxruntime-gpu"),
         "tensorrt": _version("tensorrt"),
     }
-    if report["torch"] != "not installed":
+    if report["torch"] != NOT_INSTALLED:
         report["torch cuda"] = _torch_cuda()
     ort = onnx_devices()
     report["onnxruntime devices"] = {d: (reason or "ok") for d, reason in ort.items()}
