@@ -33,8 +33,9 @@ import onnx
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.runtimes.base import in_batches
+from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.loader import ENCODER_ONNX
-from vaekit.runtimes.onnxrt import OrtEncoder, graph_metadata, import_ort, read_graph, rewrite_for_cpu
+from vaekit.runtimes.onnxrt import OrtEncoder, graph_metadata, import_ort, read_graph
 from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, metrics, typical_rows
 
 PERCENTILE = 99.999

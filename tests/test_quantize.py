@@ -17,7 +17,8 @@ from vaekit.errors import VaekitError
 from vaekit.export import quantize
 from vaekit.export.quantize import quantize_int8
 from vaekit.runtimes import load_decoder
-from vaekit.runtimes.onnxrt import OrtDecoder, rewrite_for_cpu
+from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.onnxrt import OrtDecoder
 from vaekit.runtimes.parity import fixed_latents, load_inputs, run_parity, typical_rows
 
 
