@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from vaekit.data import to_float
 from vaekit.doctor import package_versions
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.loader import load_decoder, load_encoder, onnx_devices, tensorrt_status
 from vaekit.runtimes.onnxrt import REWRITES_ENV, cpu_cores
-from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX
+from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX, load_inputs
 
 DEFAULT_RUNTIMES = ("pytorch", "torch-compile", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 # onnxruntime-as-stored: the CPU provider without vaekit's graph rewrites, to show what they buy here.
@@ -461,11 +462,9 @@ def _inputs(job: dict[str, Any], runtime: Encoder | Decoder, n: int) -> np.ndarr
         return rng.standard_normal((n, info.latent_dim)).astype(np.float32)
     lo, hi = info.value_range
     images = rng.uniform(lo, hi, (n, *info.image_shape)).astype(np.float32)
-    saved = Path(job["artifact_dir"]) / PARITY_INPUTS
-    if saved.is_file():  # real images where the export saved some
-        with np.load(saved, allow_pickle=False) as f:
-            real = f["images"].astype(np.float32) / 255.0 * (hi - lo) + lo
-        images = real[np.arange(n) % len(real)].astype(np.float32)
+    if (Path(job["artifact_dir"]) / PARITY_INPUTS).is_file():  # real images where the export saved some
+        real = to_float(load_inputs(Path(job["artifact_dir"]))[0], info.value_range)
+        images = real[np.arange(n) % len(real)]
     return images
 
 

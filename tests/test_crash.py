@@ -44,6 +44,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process (if it still runs) and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def wait_for(condition: object, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():  # type: ignore[operator]
@@ -99,12 +106,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         epoch_s = json.loads((crashed / METRICS_FILE).read_text().splitlines()[0])["seconds"]
         time.sleep(0.25 * epoch_s)
         assert proc.poll() is None, "training finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     assert proc.returncode == -signal.SIGKILL
 
     # killed in epoch 2: what is on disk is the complete epoch-1 state, every file whole
@@ -150,12 +153,8 @@ def test_sigkill_during_atomic_writes_leaves_old_or_new_never_a_mix(tmp_path: Pa
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n", proc.stderr
         time.sleep(delay_ms / 1000)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     data = target.read_bytes()
     assert len(data) == size and data in (b"A" * size, b"B" * size)
     visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
