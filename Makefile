@@ -27,7 +27,7 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/vaekit train --out $(OUT) --overwrite
-	$(BIN)/vaekit export --checkpoint $(OUT) --out $(ARTIFACTS)
+	$(BIN)/vaekit export --checkpoint $(OUT) --out $(ARTIFACTS) --overwrite
 	$(BIN)/vaekit generate --engine $(ARTIFACTS)/decoder.onnx --n 64 --seed 0 --out $(ARTIFACTS)/samples.png
 	@echo "look at $(OUT)/samples.png, $(OUT)/reconstructions.png, $(OUT)/loss.png and $(ARTIFACTS)/parity.png"
 

@@ -19,16 +19,14 @@ import torch
 from torch import nn
 
 from vaekit import __version__
-from vaekit.checkpoint import load_model, resolve_run
+from vaekit.checkpoint import Run
 from vaekit.config import RunConfig
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
-from vaekit.fsutil import sha256_file
 from vaekit.model import VAE
+from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, onnx_name
 
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10.x/11.x parsers
-ENCODER_IO = (["image"], ["mu", "log_var"])
-DECODER_IO = (["z"], ["image"])
 
 
 class EncoderGraph(nn.Module):
@@ -77,8 +75,9 @@ def graph_metadata(cfg: RunConfig, role: str, checkpoint_sha256: str, max_batch:
     }
 
 
-def _export_graph(module: nn.Module, example: torch.Tensor, io: tuple[list[str], list[str]], max_batch: int) -> Any:
+def _export_graph(module: nn.Module, example: torch.Tensor, role: str, max_batch: int) -> Any:
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    inputs, outputs = [INPUT_NAME[role]], list(OUTPUT_NAMES[role])
     # The exporter logs about optional torchvision ops and deprecations on every call: not the user's concern.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
@@ -87,9 +86,9 @@ def _export_graph(module: nn.Module, example: torch.Tensor, io: tuple[list[str],
             program = torch.onnx.export(
                 module,
                 (example,),
-                input_names=io[0],
-                output_names=io[1],
-                dynamic_shapes={io[0][0]: {0: batch}},
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes={inputs[0]: {0: batch}},
                 opset_version=OPSET,
                 dynamo=True,
                 optimize=True,
@@ -102,22 +101,21 @@ def _export_graph(module: nn.Module, example: torch.Tensor, io: tuple[list[str],
     return program.model_proto
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, max_batch: int) -> dict[str, Path]:
+def export_onnx(run: Run, out_dir: Path, max_batch: int) -> dict[str, Path]:
     """Write encoder.onnx and decoder.onnx (fp32) into out_dir; returns {role: path}."""
     if max_batch < 1:
         raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
-    model, cfg = load_model(checkpoint)
-    sha = sha256_file(resolve_run(checkpoint)[1])
+    cfg = run.cfg
     # An example batch of 2: torch.export specializes dimensions of size 1.
     example = {
         "encoder": torch.zeros(2, *cfg.model.image_shape),
         "decoder": torch.zeros(2, cfg.model.latent_dim),
     }
-    graphs = {"encoder": (EncoderGraph(model), ENCODER_IO), "decoder": (DecoderGraph(model), DECODER_IO)}
+    graphs: dict[str, nn.Module] = {"encoder": EncoderGraph(run.model), "decoder": DecoderGraph(run.model)}
     paths = {}
-    for role, (module, io) in graphs.items():
-        proto = _export_graph(module.eval(), example[role], io, max_batch)
-        set_metadata(proto, graph_metadata(cfg, role, sha, max_batch, "fp32"))
-        paths[role] = out_dir / f"{role}.onnx"
+    for role, module in graphs.items():
+        proto = _export_graph(module.eval(), example[role], role, max_batch)
+        set_metadata(proto, graph_metadata(cfg, role, run.sha256, max_batch, "fp32"))
+        paths[role] = out_dir / onnx_name(role)
         finalize(proto, paths[role])
     return paths

@@ -1,43 +1,217 @@
-"""`vaekit export`: checkpoint -> ONNX graphs (+ fp16 / int8 graphs, + TensorRT engines) -> parity -> manifest.
+"""`vaekit export` as one library call: checkpoint -> ONNX graphs (+ fp16 / int8 graphs, + TensorRT engines)
+-> parity -> parity.json, parity.png, manifest -> a published artifact directory.
 
-Each step is timed and turns its failure into one clear message. Export is not done until parity
-against the PyTorch model has passed (optimum's validate_model_outputs): on failure the artifacts
-stay for inspection and the caller exits non-zero.
+Export is not done until parity against the PyTorch model has passed (optimum's validate_model_outputs):
+everything is written into a staging directory beside `out`; on success each file moves into `out` by
+an atomic rename and files an older export wrote but this one did not are dropped; on failure `out` is
+left as it was and the staged artifacts move to `<out>-rejected/` for inspection. Each step is timed.
+The checkpoint is read once: its config, weights and hash are passed on to every step.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from vaekit.checkpoint import load_config
+from vaekit.checkpoint import Run, load_run
 from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
-from vaekit.data import load_data, to_float
+from vaekit.data import ImageData, load_data, to_float
 from vaekit.errors import VaekitError
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text
-from vaekit.runtimes.parity import PARITY_INPUTS, PRECISION_SUFFIX, ParityReport, fixed_latents, run_parity
-
-PARITY_JSON = "parity.json"
-PARITY_PNG = "parity.png"
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from vaekit.runtimes import pyt
+from vaekit.runtimes.artifacts import (
+    PARITY_INPUTS,
+    PARITY_JSON,
+    PARITY_PNG,
+    PRECISIONS,
+    PUBLISHED,
+    is_artifact_dir,
+    onnx_name,
+    plan_name,
+)
+from vaekit.runtimes.parity import ParityReport, fixed_latents, run_parity
+from vaekit.runtimes.pictures import save_parity_png
 
 StepFn = Callable[[str, float], None]  # (step name, seconds) after each step
+T = TypeVar("T")
 
 
 @dataclass
 class ExportResult:
-    out_dir: Path
+    out_dir: Path  # where the artifacts are: `out` when parity passed, `<out>-rejected` when not
     report: ParityReport
     steps: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+@dataclass
+class ExportOptions:
+    max_batch: int = DEFAULT_MAX_BATCH
+    precision: str = "fp32"  # the graph TensorRT builds from
+    int8: bool = False
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    trt: bool = False
+    data: str | None = None  # images for parity and calibration; default: the run's own
+    overwrite: bool = False  # replace an existing artifact directory
+
+    def check(self) -> None:
+        if self.max_batch < 1:
+            raise VaekitError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.precision not in PRECISIONS:
+            raise VaekitError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.calibration_images < 1:
+            raise VaekitError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+
+    @property
+    def quantize(self) -> bool:
+        return self.int8 or self.precision == "int8"
+
+
+class _Steps:
+    """Times each named step and reports it as it finishes."""
+
+    def __init__(self, result: ExportResult, on_step: StepFn | None) -> None:
+        self.result, self.on_step = result, on_step
+
+    def __call__(self, name: str, fn: Callable[[], T]) -> T:
+        t0 = time.perf_counter()
+        value = fn()
+        self.result.steps[name] = time.perf_counter() - t0
+        if self.on_step:
+            self.on_step(name, self.result.steps[name])
+        return value
+
+
+def check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an output that overlaps the checkpoint's run, or an existing export without --overwrite."""
+    check_output_dir(out, [checkpoint if checkpoint.is_dir() else checkpoint.parent])
+    if is_artifact_dir(out) and not overwrite:
+        raise VaekitError(f"{out} already holds an export: pass --overwrite to replace it")
+
+
+def export_artifacts(
+    checkpoint: Path, out: Path, options: ExportOptions | None = None, on_step: StepFn | None = None, **kw: Any
+) -> ExportResult:
+    """Export, prove and publish; keyword arguments are ExportOptions fields (max_batch=8, int8=True, ...)."""
+    opts = options or ExportOptions(**kw)
+    opts.check()
+    checkpoint, out = Path(checkpoint), Path(out)
+    run = load_run(checkpoint)
+    check_destination(out, checkpoint, opts.overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        result = _build(run, checkpoint, staging, opts, on_step)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if result.passed:
+        publish(staging, out)
+        result.out_dir = out
+    else:
+        result.out_dir = reject(staging, out)
+    return result
+
+
+def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_step: StepFn | None) -> ExportResult:
+    result = ExportResult(out_dir=staging, report=ParityReport(reference={}, n_images=0, n_latents=0))
+    step = _Steps(result, on_step)
+    real = step("data", lambda: _images(run, opts))
+    images_u8 = real.test[: opts.max_batch]
+    z = fixed_latents(opts.max_batch, run.cfg.model.latent_dim)
+    paths = step("onnx", lambda: export_onnx(run, staging, opts.max_batch))
+    save_parity_inputs(staging, images_u8, z)
+    images = to_float(images_u8, run.cfg.model.value_range)
+    _precision_graphs(step, result, run, real, paths, images, z, opts)
+    if opts.trt:
+        result.details["tensorrt"] = step("tensorrt", lambda: _engines(staging, list(paths), opts))
+    reference = pyt.from_model(run.model, run.cfg, run.sha256, str(checkpoint.resolve()))
+    result.report = step("parity", lambda: run_parity(staging, reference, images, z))
+    atomic_write_text(staging / PARITY_JSON, json.dumps(result.report.to_json(), indent=2) + "\n")
+    save_parity_png(result.report, run.cfg.model.value_range, staging / PARITY_PNG)
+    info = {
+        "checkpoint": str(checkpoint.resolve()),  # bench finds the PyTorch peers from any directory
+        "checkpoint_sha256": run.sha256,
+        "latent_dim": run.cfg.model.latent_dim,
+        "image_shape": list(run.cfg.model.image_shape),
+        "value_range": list(run.cfg.model.value_range),
+        "max_batch": opts.max_batch,
+        "precision": opts.precision,
+        "steps_seconds": result.steps,
+        "details": result.details,
+    }
+    write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON})
+    return result
+
+
+def _images(run: Run, opts: ExportOptions) -> ImageData:
+    """Real images for parity (test split) and int8 calibration (train split), at the model's size."""
+    m = run.cfg.model
+    spec = opts.data or run.cfg.train.data
+    need = max(opts.max_batch, opts.calibration_images) if opts.quantize else opts.max_batch
+    real = load_data(spec, m.image_size, m.in_channels, run.cfg.train.test_fraction, limit=need)
+    if real.pad != m.pad:
+        raise VaekitError(f"--data {spec} is padded by {real.pad}px but the model was trained with {m.pad}px")
+    return real
+
+
+def _precision_graphs(
+    step: _Steps,
+    result: ExportResult,
+    run: Run,
+    real: ImageData,
+    paths: dict[str, Path],
+    images: np.ndarray,
+    z: np.ndarray,
+    opts: ExportOptions,
+) -> None:
+    """fp16 graphs (profiled on the parity inputs) and int8 graphs (calibrated on training images)."""
+    if opts.precision == "fp16":
+        from vaekit.export.fp16 import convert_fp16
+
+        result.details["fp16"] = step(
+            "fp16",
+            lambda: {
+                role: convert_fp16(p, p.with_name(onnx_name(role, "fp16")), images, z) for role, p in paths.items()
+            },
+        )
+    if opts.quantize:
+        from vaekit.export.quantize import quantize_int8
+
+        # calibrate on training images; parity judges on test images the quantizer never saw
+        calibration = to_float(real.train[: opts.calibration_images], run.cfg.model.value_range)
+        result.details["int8"] = step(
+            "int8",
+            lambda: {
+                role: quantize_int8(p, p.with_name(onnx_name(role, "int8")), calibration, z)
+                for role, p in paths.items()
+            },
+        )
+
+
+def _engines(staging: Path, roles: list[str], opts: ExportOptions) -> dict[str, Any]:
+    from vaekit.export.tensorrt import build_engine
+
+    return {
+        role: build_engine(staging / onnx_name(role, opts.precision), staging / plan_name(role), opts.max_batch)
+        for role in roles
+    }
 
 
 def save_parity_inputs(out_dir: Path, images: np.ndarray, z: np.ndarray) -> None:
@@ -46,92 +220,26 @@ def save_parity_inputs(out_dir: Path, images: np.ndarray, z: np.ndarray) -> None
     atomic_write_bytes(out_dir / PARITY_INPUTS, buf.getvalue())
 
 
-def export_artifacts(
-    checkpoint: Path,
-    out_dir: Path,
-    *,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    precision: str = "fp32",
-    int8: bool = False,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    trt: bool = False,
-    data: str | None = None,
-    on_step: StepFn | None = None,
-) -> ExportResult:
-    if max_batch < 1:
-        raise VaekitError(f"--max-batch must be >= 1, got {max_batch}")
-    if precision not in PRECISION_SUFFIX:
-        raise VaekitError(f"unknown --precision {precision!r}: use {', '.join(PRECISION_SUFFIX)}")
-    if calibration_images < 1:
-        raise VaekitError(f"--calibration-images must be >= 1, got {calibration_images}")
-    cfg = load_config(checkpoint)
-    result = ExportResult(out_dir=out_dir, report=ParityReport(reference={}, n_images=0, n_latents=0))
+def publish(staging: Path, out: Path) -> None:
+    """Move each staged file into out (one atomic rename per file) and drop artifacts of an older export
+    that this one did not write (a stale decoder.fp16.onnx would otherwise sit beside a new manifest)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fresh = {item.name for item in staging.iterdir() if item.is_file()}
+    for pattern in PUBLISHED:
+        for old in out.glob(pattern):
+            if old.name not in fresh:
+                old.unlink()
+    for item in staging.iterdir():
+        if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
+            shutil.rmtree(item)
+        else:
+            os.replace(item, out / item.name)
+    staging.rmdir()
 
-    def step(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        value = fn()
-        result.steps[name] = time.perf_counter() - t0
-        if on_step:
-            on_step(name, result.steps[name])
-        return value
 
-    spec = data or cfg.train.data
-    m = cfg.model
-    quantize = int8 or precision == "int8"
-    need = max(max_batch, calibration_images) if quantize else max_batch
-    real = step("data", lambda: load_data(spec, m.image_size, m.in_channels, cfg.train.test_fraction, limit=need))
-    if real.pad != m.pad:
-        raise VaekitError(f"--data {spec} is padded by {real.pad}px but the model was trained with {m.pad}px")
-    images_u8 = real.test[:max_batch]
-    z = fixed_latents(max_batch, m.latent_dim)
-    paths = step("onnx", lambda: export_onnx(checkpoint, out_dir, max_batch))
-    save_parity_inputs(out_dir, images_u8, z)
-    images = to_float(images_u8, m.value_range)
-
-    if precision == "fp16":
-        from vaekit.export.fp16 import convert_fp16
-
-        result.details["fp16"] = step(
-            "fp16",
-            lambda: {
-                role: convert_fp16(path, out_dir / f"{role}.fp16.onnx", images, z) for role, path in paths.items()
-            },
-        )
-    if quantize:
-        from vaekit.export.quantize import quantize_int8
-
-        # calibrate on training images; parity judges on test images the quantizer never saw
-        calibration = to_float(real.train[:calibration_images], m.value_range)
-        result.details["int8"] = step(
-            "int8",
-            lambda: {
-                role: quantize_int8(path, out_dir / f"{role}.int8.onnx", calibration, z) for role, path in paths.items()
-            },
-        )
-    if trt:
-        from vaekit.export.tensorrt import build_engine
-
-        suffix = PRECISION_SUFFIX[precision]
-        result.details["tensorrt"] = step(
-            "tensorrt",
-            lambda: {
-                role: build_engine(out_dir / f"{role}{suffix}.onnx", out_dir / f"{role}.plan", max_batch)
-                for role in paths
-            },
-        )
-
-    report = step("parity", lambda: run_parity(out_dir, checkpoint, images, z))
-    result.report = report
-    atomic_write_text(out_dir / PARITY_JSON, json.dumps(report.to_json(), indent=2) + "\n")
-    info = {
-        "checkpoint": str(Path(checkpoint).resolve()),  # bench finds the PyTorch peers from any directory
-        "latent_dim": m.latent_dim,
-        "image_shape": list(m.image_shape),
-        "value_range": list(m.value_range),
-        "max_batch": max_batch,
-        "precision": precision,
-        "steps_seconds": result.steps,
-        "details": result.details,
-    }
-    write_manifest(out_dir, info, {"passed": report.passed, "file": PARITY_JSON})
-    return result
+def reject(staging: Path, out: Path) -> Path:
+    """Keep a failed export for inspection in `<out>-rejected/`, leaving `out` untouched."""
+    rejected = out.with_name(out.name + "-rejected")
+    shutil.rmtree(rejected, ignore_errors=True)
+    staging.rename(rejected)
+    return rejected

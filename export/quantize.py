@@ -32,11 +32,11 @@ import onnx
 
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
+from vaekit.runtimes.artifacts import onnx_name
 from vaekit.runtimes.base import in_batches
 from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
-from vaekit.runtimes.loader import ENCODER_ONNX
-from vaekit.runtimes.onnxrt import OrtEncoder, graph_metadata, import_ort, read_graph
-from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, metrics, typical_rows
+from vaekit.runtimes.onnxrt import OrtEncoder, cpu_session, graph_metadata, read_graph
+from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, judged_as, metrics, typical_rows
 
 PERCENTILE = 99.999
 CALIBRATION_BATCH = 32
@@ -77,20 +77,12 @@ def _margined(tol: Tolerance) -> Tolerance:
 
 
 def _run(model: str | bytes, feed_name: str, data: np.ndarray, outputs: list[str], batch: int) -> list[np.ndarray]:
-    ort = import_ort()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model)
     result = in_batches(lambda x: tuple(sess.run(outputs, {feed_name: x})), data, batch)
     return list(result)
 
 
 STRESS = "stress latents"
-
-
-def _output(group: str, name: str) -> str:
-    """The parity tolerance row for an output of a check group: stress latents have their own image row."""
-    return "image_stress" if group == STRESS and name == "image" else name
 
 
 def calibration_sets(
@@ -109,7 +101,7 @@ def calibration_sets(
         every = np.ones(len(images), bool)
         return {"images": images}, images, {"images": every}, every, f"{len(images)} images"
     z = np.ascontiguousarray(z, dtype=np.float32)
-    encoder = src.parent / ENCODER_ONNX
+    encoder = src.parent / onnx_name("encoder")
     mu = np.zeros((0, z.shape[1]), np.float32)
     if encoder.is_file():
         enc = OrtEncoder(encoder)
@@ -221,7 +213,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) 
                 f"{group}: {b}"
                 for group, found in scores.items()
                 for name, m in found.items()
-                for b in judge(m, _margined(tolerances[_output(group, name)]))
+                for b in judge(m, _margined(tolerances[judged_as(name, group == STRESS)]))
             ]
             result = {"calibration": variant, "fp32_layers": exclude, "metrics": scores, "broken": broken}
             attempts.append({**result, "typical": score(got, typical), "model": out.read_bytes()})
@@ -242,7 +234,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) 
     set_metadata(proto, {**meta, "precision": "int8"})
     finalize(proto, dst)
     within = not any(
-        judge(m, tolerances[_output(group, name)])
+        judge(m, tolerances[judged_as(name, group == STRESS)])
         for group, found in final["metrics"].items()
         for name, m in found.items()
     )

@@ -11,6 +11,7 @@ No torch here: `vaekit build-engine` runs on the target device from ONNX alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,20 +19,47 @@ from typing import Any
 
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from vaekit.runtimes.artifacts import SIDECAR_FORMAT, TIMING_CACHE, sidecar_path
 from vaekit.runtimes.base import metadata_to_info
+from vaekit.runtimes.cuda import cuda_status, gpu_identity
 from vaekit.runtimes.onnxrt import graph_metadata, read_graph
-from vaekit.runtimes.trt import (
-    cuda_status,
-    gpu_identity,
-    import_trt,
-    inspect_engine,
-    layer_precisions,
-    make_sidecar,
-    sidecar_path,
-)
+from vaekit.runtimes.trt import import_trt, inspect_engine, layer_precisions
 
 WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT may use per layer; our VAEs need far less
-TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
+
+
+def make_sidecar(
+    graph_meta: dict[str, str],
+    *,
+    plan: bytes,
+    precision: str,
+    tensorrt_version: str,
+    gpu: dict[str, str],
+    profile: dict[str, Any],
+    source_onnx: str,
+    source_sha256: str,
+    layers: dict[str, int],
+    build_seconds: float,
+) -> dict[str, Any]:
+    """The JSON written beside a plan: everything `load_info` and the compatibility check need."""
+    from vaekit import __version__
+
+    return {
+        "format": SIDECAR_FORMAT,
+        "producer": "vaekit",
+        "vaekit_version": __version__,
+        "tensorrt_version": tensorrt_version,
+        "gpu": gpu,
+        "precision": precision,
+        "profile": profile,
+        "source_onnx": source_onnx,
+        "source_onnx_sha256": source_sha256,
+        "plan_bytes": len(plan),
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "layers": layers,
+        "build_seconds": round(build_seconds, 2),
+        "graph_metadata": graph_meta,
+    }
 
 
 def _logger(trt: Any) -> Any:
@@ -72,6 +100,35 @@ def _use_timing_cache(config: Any, path: Path) -> None:
     config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
+def _network(trt: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """A strongly typed network parsed from the graph: precision comes from the graph's own types."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    _parse(trt, network, logger, onnx_path)
+    return builder, network
+
+
+def _config(
+    trt: Any, builder: Any, network: Any, shapes: dict[str, tuple[int, ...]], workspace: int, cache: Path
+) -> Any:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector needs layer types
+    # TF32 (on by default) rounds float32 matmul/conv inputs to 10-bit mantissas: float32 in the graph means
+    # float32 in the engine, which is what the fp32 parity tolerance (1e-3 against PyTorch) assumes.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    _use_timing_cache(config, cache)
+    return config
+
+
+def _profile_shapes(network: Any, opt: int, max_batch: int) -> dict[str, tuple[int, ...]]:
+    dims = tuple(int(d) for d in network.get_input(0).shape)[1:]
+    return {"min": (1, *dims), "opt": (opt, *dims), "max": (max_batch, *dims)}
+
+
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
@@ -99,24 +156,10 @@ def build_engine(
     gpu = gpu_identity(0)
 
     logger = _logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    _parse(trt, network, logger, onnx_path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector needs layer types
-    # TF32 (on by default) rounds float32 matmul/conv inputs to 10-bit mantissas: float32 in the graph means
-    # float32 in the engine, which is what the fp32 parity tolerance (1e-3 against PyTorch) assumes.
-    config.clear_flag(trt.BuilderFlag.TF32)
-    net_input = network.get_input(0)
-    dims = tuple(int(d) for d in net_input.shape)[1:]
-    shapes = {"min": (1, *dims), "opt": (opt, *dims), "max": (max_batch, *dims)}
-    profile = builder.create_optimization_profile()
-    profile.set_shape(net_input.name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
+    builder, network = _network(trt, logger, onnx_path)
+    shapes = _profile_shapes(network, opt, max_batch)
     cache_path = plan_path.parent / TIMING_CACHE
-    _use_timing_cache(config, cache_path)
-
+    config = _config(trt, builder, network, shapes, workspace, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         why = logger.errors[-1] if logger.errors else "no error reported"
@@ -124,15 +167,15 @@ def build_engine(
     plan = bytes(serialized)
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
 
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise VaekitError(f"TensorRT built {plan_path.name} but cannot load it back: {'; '.join(logger.errors)}")
-    layers = layer_precisions(json.loads(inspect_engine(trt, engine, net_input.name, shapes["opt"])))
+    input_name = network.get_input(0).name
+    layers = layer_precisions(json.loads(inspect_engine(trt, engine, input_name, shapes["opt"])))
     check_precision(info.precision, layers, onnx_path.name)
 
     seconds = time.perf_counter() - t0
-    profile_json = {"input": net_input.name, **{k: list(v) for k, v in shapes.items()}}
+    profile_json = {"input": input_name, **{k: list(v) for k, v in shapes.items()}}
     sidecar = make_sidecar(
         meta,
         plan=plan,

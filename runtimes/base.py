@@ -1,21 +1,19 @@
 """The one interface every runtime implements: numpy in, numpy out, inputs checked once here.
 
-Backends (pyt, onnxrt, trt) subclass `Encoder`/`Decoder` and implement only `_encode`/`_decode`,
-as Polygraphy's runners implement `infer_impl` behind `BaseRunner.infer`.
+Backends (pyt, onnxrt, trt; see `registry`) subclass `Encoder`/`Decoder` and implement only
+`_encode`/`_decode`, as Polygraphy's runners implement `infer_impl` behind `BaseRunner.infer`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from vaekit.errors import VaekitError
-
-Role = Literal["encoder", "decoder"]
-PRECISIONS = ("fp32", "fp16", "int8")
+from vaekit.runtimes.artifacts import Role
 
 
 class InputError(VaekitError, ValueError):
@@ -30,7 +28,7 @@ class ArtifactInfo:
     value_range: tuple[float, float]
     likelihood: str
     precision: str  # fp32 | fp16 | int8: what the graph computes in
-    backend: str  # pytorch | onnxruntime | tensorrt
+    backend: str  # what tables show: pytorch | onnxruntime | tensorrt
     device: str  # cpu | cuda
     max_batch: int
     source_sha256: str = ""  # sha256 of the checkpoint the artifact came from
@@ -55,7 +53,7 @@ def metadata_to_info(meta: dict[str, str], *, backend: str, device: str, path: s
         if role not in ("encoder", "decoder"):
             raise ValueError(f"role {role!r}")
         return ArtifactInfo(
-            role=role,  # type: ignore[arg-type]
+            role=role,
             latent_dim=int(meta["latent_dim"]),
             image_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             value_range=(float(lo), float(hi)),

@@ -3,7 +3,8 @@
 On the CPU provider a graph first goes through exact rewrites (`rewrite_for_cpu`): ONNX Runtime's CPU
 ConvTranspose runs one small GEMM + col2im per image and has no int8 kernel, while its Conv kernels
 are batched, NCHWc-blocked in fp32 and VNNI-backed in int8. The file on disk is never changed; the
-GPU providers get it as it is (TensorRT has its own deconvolution kernels).
+GPU providers get it as it is (TensorRT has its own deconvolution kernels). `rewrite=False` runs the
+graph exactly as stored, as a user's own ONNX Runtime application would.
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ from typing import Any
 import numpy as np
 
 from vaekit.errors import VaekitError
+from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, WITH_ARTICLE, Role
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, metadata_to_info
 from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 
+LABEL = "onnxruntime"
+# device -> execution provider. "tensorrt" is ONNX Runtime's TensorRT execution provider (it builds its own
+# engines from the .onnx); the native TensorRT backend that runs our .plan files is `vaekit.runtimes.trt`.
+TENSORRT_EP = "tensorrt"
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
+    TENSORRT_EP: "TensorrtExecutionProvider",
 }
 TRT_CACHE_DIR = ".trt_cache"
-REWRITES_ENV = "VAEKIT_ORT_REWRITES"  # "0": run graphs exactly as stored, to measure what the rewrites buy
+INSTALL_HINT = {
+    "cpu": "pip install 'vaekit[cpu]'",
+    "cuda": "pip install 'vaekit[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU",
+    TENSORRT_EP: "pip install 'vaekit[trt]' (onnxruntime-gpu + tensorrt) on a machine with an NVIDIA GPU",
+}
 
 
 def import_ort() -> Any:
@@ -35,6 +45,17 @@ def import_ort() -> Any:
             "ONNX Runtime is not installed: pip install 'vaekit[cpu]' (or 'vaekit[gpu]' on NVIDIA)"
         ) from None
     return onnxruntime
+
+
+def status(device: str) -> str:
+    """'' when ONNX Runtime can run on `device` here, else why not."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return f"onnxruntime not installed ({INSTALL_HINT['cpu']})"
+    if PROVIDERS[device] not in onnxruntime.get_available_providers():
+        return f"no {PROVIDERS[device]} ({INSTALL_HINT[device]})"
+    return ""
 
 
 def read_graph(path: Path) -> Any:
@@ -76,11 +97,15 @@ def cpu_cores() -> int:
 # --- sessions -------------------------------------------------------------------------------------------
 
 
-def session_options(threads: int | None = None) -> Any:
-    """CPU session settings, stated once: all graph optimizations, intra-op threads = cores, one inter-op thread."""
+def session_options(threads: int | None = None, optimize: bool = True) -> Any:
+    """Session settings, stated once: graph optimizations, intra-op threads = cores, one inter-op thread.
+
+    optimize=False keeps every node as written (profiling tensors inside a graph needs them unfused).
+    """
     ort = import_ort()
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads or cpu_cores()
     opts.inter_op_num_threads = 1
@@ -88,9 +113,20 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
+def cpu_session(model: str | bytes, threads: int | None = None, optimize: bool = True) -> Any:
+    """An ONNX Runtime CPU session over a path or serialized graph: the one place one is built."""
+    ort = import_ort()
+    try:
+        return ort.InferenceSession(
+            model, sess_options=session_options(threads, optimize), providers=[PROVIDERS["cpu"]]
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean "cannot load"
+        raise VaekitError(f"ONNX Runtime CPU cannot load the graph: {str(exc).splitlines()[0]}") from None
+
+
 def _cpu_model(path: Path, rewrite: bool) -> tuple[str | bytes, list[str]]:
     """The bytes ONNX Runtime gets on the CPU provider: the rewritten graph, or the path when nothing applies."""
-    if not rewrite or os.environ.get(REWRITES_ENV, "1") == "0":
+    if not rewrite:
         return str(path), []
     import onnx
 
@@ -101,38 +137,34 @@ def _cpu_model(path: Path, rewrite: bool) -> tuple[str | bytes, list[str]]:
     return (model.SerializeToString(), done) if done else (str(path), [])
 
 
-def _session(
-    path: Path, device: str, info: ArtifactInfo, threads: int | None, rewrite: bool = True
-) -> tuple[Any, list[str]]:
+def _tensorrt_options(path: Path, info: ArtifactInfo) -> dict[str, Any]:
+    """The TensorRT EP's engine cache beside the graph, and one profile for batch 1..max_batch."""
+    name = INPUT_NAME[info.role]
+    dims = "x".join(str(d) for d in (info.image_shape if info.role == "encoder" else (info.latent_dim,)))
+    cache = str(path.parent / TRT_CACHE_DIR)
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": f"{name}:1x{dims}",
+        "trt_profile_opt_shapes": f"{name}:{info.max_batch}x{dims}",
+        "trt_profile_max_shapes": f"{name}:{info.max_batch}x{dims}",
+    }
+
+
+def _session(path: Path, device: str, info: ArtifactInfo, threads: int | None, rewrite: bool) -> tuple[Any, list[str]]:
     ort = import_ort()
-    if device not in PROVIDERS:
-        raise VaekitError(f"unknown device {device!r} for ONNX Runtime: use {', '.join(PROVIDERS)}")
+    missing = status(device)
+    if missing:
+        raise VaekitError(f"ONNX Runtime here has {missing}")
     wanted = PROVIDERS[device]
-    available = ort.get_available_providers()
-    if wanted not in available:
-        hint = "pip install 'vaekit[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU"
-        if device == "tensorrt":
-            hint = "pip install 'vaekit[trt]' (onnxruntime-gpu + tensorrt) on a machine with an NVIDIA GPU"
-        raise VaekitError(f"ONNX Runtime here has no {wanted} (it has {', '.join(available)}): {hint}")
-    opts = session_options(threads)
     providers: list[Any] = [wanted]
-    if device == "tensorrt":
-        name = "image" if info.role == "encoder" else "z"
-        dims = "x".join(str(d) for d in (info.image_shape if info.role == "encoder" else (info.latent_dim,)))
-        cache = str(path.parent / TRT_CACHE_DIR)
-        trt_opts = {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": cache,
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": cache,
-            "trt_profile_min_shapes": f"{name}:1x{dims}",
-            "trt_profile_opt_shapes": f"{name}:{info.max_batch}x{dims}",
-            "trt_profile_max_shapes": f"{name}:{info.max_batch}x{dims}",
-        }
-        providers = [(wanted, trt_opts), "CUDAExecutionProvider"]
+    if device == TENSORRT_EP:
+        providers = [(wanted, _tensorrt_options(path, info)), PROVIDERS["cuda"]]
     model, rewrites = _cpu_model(path, rewrite) if device == "cpu" else (str(path), [])
     try:
-        sess = ort.InferenceSession(model, sess_options=opts, providers=providers)
+        sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean "cannot load"
         raise VaekitError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
     if sess.get_providers()[0] != wanted:
@@ -142,7 +174,7 @@ def _session(
 
 def load_info(path: Path, device: str = "cpu") -> ArtifactInfo:
     model = read_graph(path)
-    info = metadata_to_info(graph_metadata(model), backend="onnxruntime", device=device, path=str(path))
+    info = metadata_to_info(graph_metadata(model), backend=LABEL, device=device, path=str(path))
     _check_input(model, info, path)
     return info
 
@@ -160,38 +192,50 @@ def _check_input(model: Any, info: ArtifactInfo, path: Path) -> None:
         )
 
 
-def _load(
-    path: Path, role: str, device: str, threads: int | None, rewrite: bool
-) -> tuple[ArtifactInfo, Any, list[str]]:
-    info = load_info(path, device)
-    if info.role != role:
-        raise VaekitError(f"{path} is an {info.role} graph, not a {role}")
-    return (info, *_session(path, device, info, threads, rewrite))
-
-
-def _run(session: Any, outputs: list[str], feed: dict[str, np.ndarray], path: str) -> list[np.ndarray]:
+def _run(session: Any, feed: dict[str, np.ndarray], role: Role, path: str) -> list[np.ndarray]:
     try:
-        return list(session.run(outputs, feed))
+        return list(session.run(list(OUTPUT_NAMES[role]), feed))
     except Exception as exc:  # ORT raises its own Fail/InvalidArgument types: the graph cannot run this input
         raise VaekitError(f"ONNX Runtime failed to run {path}: {str(exc).splitlines()[0]}") from None
 
 
-class OrtEncoder(Encoder):
-    """rewrite=False runs the graph exactly as stored (to measure what the CPU rewrites buy)."""
+class OrtRunner:
+    """One session over one graph; `rewrites` names the exact CPU rewrites applied in memory."""
 
+    def __init__(self, path: Path, role: Role, device: str, threads: int | None, rewrite: bool) -> None:
+        self.info = load_info(path, device)
+        if self.info.role != role:
+            raise VaekitError(f"{path} is {WITH_ARTICLE[self.info.role]} graph, not {WITH_ARTICLE[role]}")
+        self.session, self.rewrites = _session(path, device, self.info, threads, rewrite)
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        return _run(self.session, {INPUT_NAME[self.info.role]: array}, self.info.role, self.info.path)
+
+
+class OrtEncoder(Encoder):
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, *, rewrite: bool = True) -> None:
-        self.info, self.session, self.rewrites = _load(path, "encoder", device, threads, rewrite)
+        self.runner = OrtRunner(path, "encoder", device, threads, rewrite)
+        self.info, self.rewrites = self.runner.info, self.runner.rewrites
 
     def _encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, log_var = _run(self.session, ["mu", "log_var"], {"image": images}, self.info.path)
+        mu, log_var = self.runner.run(images)
         return mu, log_var
 
 
 class OrtDecoder(Decoder):
-    """rewrite=False runs the graph exactly as stored (to measure what the CPU rewrites buy)."""
-
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, *, rewrite: bool = True) -> None:
-        self.info, self.session, self.rewrites = _load(path, "decoder", device, threads, rewrite)
+        self.runner = OrtRunner(path, "decoder", device, threads, rewrite)
+        self.info, self.rewrites = self.runner.info, self.runner.rewrites
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
-        return _run(self.session, ["image"], {"z": z}, self.info.path)[0]
+        return self.runner.run(z)[0]
+
+
+def load(path: Path, role: Role, device: str, threads: int | None = None, rewrite: bool = True) -> Encoder | Decoder:
+    """threads: intra-op threads (default: every core here); rewrite=False: the graph exactly as stored."""
+    cls = OrtEncoder if role == "encoder" else OrtDecoder
+    return cls(path, device, threads, rewrite=rewrite)
+
+
+def describe(path: Path) -> ArtifactInfo:
+    return load_info(path)

@@ -8,8 +8,6 @@ worst result over batch sizes is what gets judged.
 from __future__ import annotations
 
 import math
-import zipfile
-import zlib
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -17,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from vaekit.errors import VaekitError
+from vaekit.data import load_data, to_float
+from vaekit.errors import UsageError, VaekitError
+from vaekit.runtimes.artifacts import artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
-from vaekit.runtimes.loader import DECODER_ONNX, ENCODER_ONNX, load_decoder, load_encoder, onnx_devices, tensorrt_status
+from vaekit.runtimes.registry import BACKENDS, backend_for, describe, load_decoder, load_encoder
 
 PARITY_SEED = 20240229
 Z_LIMIT = 4.0
@@ -128,6 +128,14 @@ class ParityReport:
     def passed(self) -> bool:
         return bool(self.cases) and not self.errors and all(c.passed for c in self.cases)
 
+    def failure(self) -> str:
+        """One line for a report that did not pass: the first broken limit, and how many more there are."""
+        if not self.cases and not self.errors:
+            return "nothing to compare: only the reference runs here (pass --checkpoint, or export fp16/int8 graphs)"
+        problems = self.errors + [f"{c.runtime} {c.output}: {c.broken[0]}" for c in self.cases if c.broken]
+        more = f" (+{len(problems) - 1} more in the table above)" if len(problems) > 1 else ""
+        return f"parity failed: {problems[0]}{more}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
@@ -152,6 +160,11 @@ def typical_rows(z: np.ndarray) -> np.ndarray:
     """Rows of z a N(0, I) prior plausibly draws: |z|^2 within 6 sigma of its chi-square mean D."""
     d = z.shape[1]
     return np.asarray((z.astype(np.float64) ** 2).sum(axis=1) <= d + 6 * np.sqrt(2 * d))
+
+
+def judged_as(output: str, stress: bool) -> str:
+    """The tolerance row an output is judged under: images of stress latents have their own."""
+    return "image_stress" if stress and output == "image" else output
 
 
 def batch_sizes_for(max_batch: int, n: int) -> list[int]:
@@ -179,79 +192,83 @@ def compare_decoder(reference: Decoder, candidate: Decoder, z: np.ndarray, repor
     sizes = batch_sizes_for(candidate.info.max_batch, len(z))
     runs = [in_batches(candidate.decode, z, b) for b in sizes]
     typical = typical_rows(z)
-    for name, rows in (("image", typical), ("image_stress", ~typical)):
+    for stress, rows in ((False, typical), (True, ~typical)):
+        name = judged_as("image", stress)
         if rows.any():
             m = reduce(worst, (metrics(ref[rows], got[rows], candidate.info.value_range) for got in runs))
             report.cases.append(_case(candidate.info, name, sizes, m))
     report.previews[candidate.info.name] = (ref, runs[-1])
 
 
-PRECISION_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
-PARITY_INPUTS = "parity_inputs.npz"
+References = tuple[Encoder, Decoder]
 
 
-def artifact_files(artifact_dir: Path) -> list[tuple[str, Path]]:
-    """(role, path) of every ONNX graph and TensorRT engine in an export directory."""
-    found = []
-    for role in ("encoder", "decoder"):
-        for suffix in PRECISION_SUFFIX.values():
-            found.append((role, artifact_dir / f"{role}{suffix}.onnx"))
-        found.append((role, artifact_dir / f"{role}.plan"))
-    return [(role, path) for role, path in found if path.is_file()]
+def load_reference(artifact_dir: Path, checkpoint: Path | None) -> References:
+    """The PyTorch fp32 model of a checkpoint, or (None) the fp32 ONNX graphs on ONNX Runtime CPU."""
+    source = checkpoint if checkpoint is not None else artifact_dir
+    return load_encoder(source, "cpu"), load_decoder(source, "cpu")
 
 
-def load_inputs(artifact_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and float32 z saved at export time (no pickle), so parity runs without the dataset."""
-    path = artifact_dir / PARITY_INPUTS
-    if not path.is_file():
-        raise VaekitError(f"{path} not found: re-export, or pass --data")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            images, z = f["images"], f["z"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise VaekitError(f"{path} is not a vaekit parity input file: {exc}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or z.ndim != 2 or not len(images) or not len(z):
-        raise VaekitError(f"{path}: expected uint8 images (N, C, H, W) and z (N, D), N >= 1")
-    return images, z
+def _compare(
+    reference: References, candidate: Encoder | Decoder, images: np.ndarray, z: np.ndarray, report: ParityReport
+) -> None:
+    if isinstance(candidate, Encoder):
+        compare_encoder(reference[0], candidate, images, report)
+    elif isinstance(candidate, Decoder):
+        compare_decoder(reference[1], candidate, z, report)
 
 
 def run_parity(
     artifact_dir: Path,
-    reference: Path | None,
+    reference: References,
     images: np.ndarray,
     z: np.ndarray,
     devices: tuple[str, ...] = ("cpu", "cuda", "tensorrt"),
 ) -> ParityReport:
-    """Compare every artifact in artifact_dir, on every device that can run it, against the reference.
+    """Compare every artifact in artifact_dir, on every device of its backend asked for, against the reference.
 
-    reference: a checkpoint (PyTorch fp32); None means the fp32 ONNX graphs on ONNX Runtime CPU.
-    images: float32 in the value range.
+    images: float32 in the value range. A runtime this machine lacks is reported once, with the reason.
     """
-    ref_path = reference if reference is not None else artifact_dir
-    ref_enc, ref_dec = load_encoder(ref_path), load_decoder(ref_path)
-    report = ParityReport(reference=ref_dec.info.to_json(), n_images=len(images), n_latents=len(z))
-    ort_status = onnx_devices()
-    trt_status: str | None = None
+    report = ParityReport(reference=reference[1].info.to_json(), n_images=len(images), n_latents=len(z))
+    missing: dict[str, tuple[str, list[str]]] = {}
+    itself = {(Path(r.info.path).resolve(), r.info.device) for r in reference}
     for role, path in artifact_files(artifact_dir):
-        if path.suffix == ".plan":
-            if not {"cuda", "tensorrt"} & set(devices):
-                continue  # engines run on a GPU only; --devices did not ask for one
-            trt_status = tensorrt_status() if trt_status is None else trt_status
-            plan_devices = [("cuda", trt_status)]
-        else:
-            plan_devices = [(d, ort_status[d]) for d in devices]
-        for device, missing in plan_devices:
-            label = f"{path.name} on {'tensorrt' if path.suffix == '.plan' else 'onnxruntime-' + device}"
-            if missing:
-                report.skipped.append(f"{label}: {missing}")
+        backend = backend_for(path)
+        for device in (d for d in backend.devices if d in devices):
+            runtime = f"{backend.label}-{device}"
+            reason = backend.status(device)
+            if reason:
+                missing.setdefault(runtime, (reason, []))[1].append(path.name)
                 continue
-            if reference is None and device == "cpu" and path.name in (ENCODER_ONNX, DECODER_ONNX):
+            if (path.resolve(), device) in itself:
                 continue  # that is the reference itself
             try:
-                if role == "encoder":
-                    compare_encoder(ref_enc, load_encoder(path, device), images, report)
-                else:
-                    compare_decoder(ref_dec, load_decoder(path, device), z, report)
+                candidate = backend.load(path, role, device)
+                _compare(reference, candidate, images, z, report)
             except VaekitError as exc:
-                report.errors.append(f"{label}: {exc}")
+                report.errors.append(f"{path.name} on {runtime}: {exc}")
+    report.skipped = [f"{rt}: {why} ({len(files)} artifact(s) not checked)" for rt, (why, files) in missing.items()]
     return report
+
+
+def check_devices(devices: tuple[str, ...]) -> tuple[str, ...]:
+    """--devices: a comma list of the devices some backend runs on."""
+    known = sorted({d for b in BACKENDS.values() for d in b.devices})
+    if not devices or any(d not in known for d in devices):
+        raise UsageError(f"--devices takes a comma list of {', '.join(known)}; got {','.join(devices)!r}")
+    return devices
+
+
+def parity_of(
+    artifact_dir: Path, checkpoint: Path | None, data: str | None, devices: tuple[str, ...]
+) -> tuple[ParityReport, ArtifactInfo]:
+    """`vaekit parity`: every artifact in a directory against the reference, on the saved inputs (or --data)."""
+    check_devices(devices)
+    artifact_dir = artifact_dir_of(artifact_dir)
+    info = describe(artifact_dir)
+    images_u8, z = load_inputs(artifact_dir)
+    if data:
+        c, h, _ = info.image_shape
+        images_u8 = load_data(data, h, c, limit=len(images_u8)).test
+    reference = load_reference(artifact_dir, checkpoint)
+    return run_parity(artifact_dir, reference, to_float(images_u8, info.value_range), z, devices), info

@@ -1,31 +1,30 @@
 """TensorRT backend: a plain `.plan` engine plus its sidecar `<name>.plan.json`, run with execute_async_v3.
 
-The sidecar (written by `vaekit.export.tensorrt.build_engine`) carries what the engine itself cannot:
-vaekit metadata, the TensorRT version and GPU it was built for, the batch profile, and the plan's size
-and sha256. It is checked before deserializing, so a plan from another TensorRT or GPU, or a truncated
-one, fails with one line saying how to rebuild. Without a sidecar the engine's own tensor names and
-shapes are enough to run it. Device buffers are torch CUDA tensors when torch with CUDA is importable,
-else cuda-python allocations; both are imported lazily, like tensorrt itself.
+The sidecar (written by `vaekit.export.tensorrt.build_engine`, read by `artifacts.read_sidecar`) carries
+what the engine itself cannot: vaekit metadata, the TensorRT version and GPU it was built for, the
+batch profile, and the plan's size and sha256. It is checked before deserializing, so a plan from
+another TensorRT or GPU, or a truncated one, fails with one line saying how to rebuild. Without a
+sidecar the engine's own tensor names and shapes are enough to run it. Device buffers come from
+`runtimes.cuda`; tensorrt is imported lazily.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vaekit.errors import VaekitError
+from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, ROLES, WITH_ARTICLE, Role, read_sidecar, sidecar_path
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, metadata_to_info
+from vaekit.runtimes.cuda import cuda_status, device_buffers, gpu_identity
 
-SIDECAR_FORMAT = 1
+LABEL = "tensorrt"
 TRT_MISSING = "tensorrt not installed (pip install 'vaekit[trt]' on a machine with an NVIDIA GPU)"
-IO_NAMES = {"encoder": (("image",), ("mu", "log_var")), "decoder": (("z",), ("image",))}
 # The inspector's context property: `execution_context` in TensorRT 11, `context` in 10.x.
 INSPECTOR_CONTEXT = ("execution_context", "context")
 # Narrowest first: a layer counts as the narrowest type among the tensors it reads and writes.
@@ -37,57 +36,6 @@ PRECISION_WORDS = (
     ("fp32", ("fp32", "float")),
 )
 BOOKKEEPING_LAYERS = ("reformat", "noop", "shuffle", "constant", "identity", "cast")
-
-
-def sidecar_path(plan: Path) -> Path:
-    return plan.with_name(plan.name + ".json")
-
-
-def read_sidecar(plan: Path) -> dict[str, Any] | None:
-    path = sidecar_path(plan)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VaekitError(f"{path} is not a vaekit engine sidecar: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "graph_metadata" not in data:
-        raise VaekitError(f"{path} is not a vaekit engine sidecar (format {SIDECAR_FORMAT} expected)")
-    return data
-
-
-def make_sidecar(
-    graph_meta: dict[str, str],
-    *,
-    plan: bytes,
-    precision: str,
-    tensorrt_version: str,
-    gpu: dict[str, str],
-    profile: dict[str, Any],
-    source_onnx: str,
-    source_sha256: str,
-    layers: dict[str, int],
-    build_seconds: float,
-) -> dict[str, Any]:
-    """The JSON written beside a plan: everything `load_info` and the compatibility check need."""
-    from vaekit import __version__
-
-    return {
-        "format": SIDECAR_FORMAT,
-        "producer": "vaekit",
-        "vaekit_version": __version__,
-        "tensorrt_version": tensorrt_version,
-        "gpu": gpu,
-        "precision": precision,
-        "profile": profile,
-        "source_onnx": source_onnx,
-        "source_onnx_sha256": source_sha256,
-        "plan_bytes": len(plan),
-        "plan_sha256": hashlib.sha256(plan).hexdigest(),
-        "layers": layers,
-        "build_seconds": round(build_seconds, 2),
-        "graph_metadata": graph_meta,
-    }
 
 
 def _rebuild_hint(plan: Path, sidecar: dict[str, Any] | None) -> str:
@@ -117,65 +65,6 @@ def import_trt() -> Any:
     except Exception as exc:  # a wheel without its CUDA libraries fails with OSError and others
         raise VaekitError(f"tensorrt cannot load here: {str(exc).splitlines()[0]}") from None
     return tensorrt
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-def _ok(result: Any) -> Any:
-    """cuda-python returns (error, *values): raise on error, unwrap the value."""
-    err, *values = result
-    if int(err) != 0:
-        raise VaekitError(f"CUDA call failed: {err}")
-    return values[0] if len(values) == 1 else values
-
-
-@functools.cache
-def _cuda_backend() -> tuple[str, str]:
-    """('torch' | 'cuda-python', '') when a CUDA GPU is usable, else ('', why not)."""
-    reasons = []
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch", ""
-        reasons.append(f"torch {torch.__version__} sees no CUDA GPU")
-    except ImportError:
-        reasons.append("no torch")
-    try:
-        cudart = _cudart()
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) == 0 and count > 0:
-            return "cuda-python", ""
-        reasons.append(f"cuda-python sees no CUDA GPU ({err})")
-    except ImportError:
-        reasons.append("no cuda-python")
-    return "", f"no usable CUDA GPU ({', '.join(reasons)}): TensorRT engines need an NVIDIA GPU and its driver"
-
-
-def cuda_status() -> str:
-    """'' when a CUDA GPU is usable for TensorRT buffers here, else the reason."""
-    return _cuda_backend()[1]
-
-
-def gpu_identity(index: int = 0) -> dict[str, str]:
-    """Name and compute capability of CUDA device `index`: what a plan is tied to."""
-    backend, reason = _cuda_backend()
-    if backend == "torch":
-        import torch
-
-        major, minor = torch.cuda.get_device_capability(index)
-        return {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
-    if backend == "cuda-python":
-        props = _ok(_cudart().cudaGetDeviceProperties(index))
-        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
-    raise VaekitError(reason)
 
 
 def _device_index(device: str) -> int:
@@ -230,14 +119,14 @@ def _info_from_sidecar(plan: Path, sidecar: dict[str, Any]) -> ArtifactInfo:
         raise VaekitError(f"{sidecar_path(plan)} has no batch profile: {_rebuild_hint(plan, sidecar)}") from None
     meta["precision"] = sidecar.get("precision", meta.get("precision", "fp32"))
     meta["tensorrt_version"] = sidecar.get("tensorrt_version", "")
-    return metadata_to_info(meta, backend="tensorrt", device="cuda", path=str(plan))
+    return metadata_to_info(meta, backend=LABEL, device="cuda", path=str(plan))
 
 
 def _info_from_engine(trt: Any, engine: Any, plan: Path) -> ArtifactInfo:
     """What a plan without a sidecar reports: tensor names, shapes, the profile, the layer types."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-    role = next((r for r, (ins, _) in IO_NAMES.items() if ins == inputs), None)
+    role = next((r for r in ROLES if (INPUT_NAME[r],) == inputs), None)
     if role is None:
         raise VaekitError(f"{plan.name} is not a vaekit engine: inputs {list(inputs)}, expected ['image'] or ['z']")
     shapes = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in names}
@@ -259,7 +148,7 @@ def _info_from_engine(trt: Any, engine: Any, plan: Path) -> ArtifactInfo:
         value_range=value_range,
         likelihood="",
         precision=precision,
-        backend="tensorrt",
+        backend=LABEL,
         device="cuda",
         max_batch=max_shape[0],
         path=str(plan),
@@ -296,65 +185,6 @@ def load_info(path: Path) -> ArtifactInfo:
     return _Engine(path, None, "cuda").info
 
 
-class _TorchBuffers:
-    """Flat float32 CUDA tensors and one side stream, from torch."""
-
-    def __init__(self, index: int) -> None:
-        import torch
-
-        self.torch = torch
-        self.device = torch.device("cuda", index)
-        torch.cuda.set_device(self.device)
-        self.stream = torch.cuda.Stream(self.device)
-        self.handle = int(self.stream.cuda_stream)
-
-    def alloc(self, count: int) -> tuple[Any, int]:
-        tensor = self.torch.empty(count, dtype=self.torch.float32, device=self.device)
-        return tensor, int(tensor.data_ptr())
-
-    def upload(self, buffer: Any, array: np.ndarray) -> None:
-        with self.torch.cuda.stream(self.stream):
-            buffer[: array.size].copy_(self.torch.from_numpy(array.reshape(-1)))
-
-    def download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
-        self.stream.synchronize()
-        return buffer[: math.prod(shape)].view(shape).cpu().numpy()
-
-
-class _CudaPythonBuffers:
-    """The same with cuda-python: cudaMalloc'd buffers freed when the engine goes away."""
-
-    def __init__(self, index: int) -> None:
-        self.cudart = _cudart()
-        _ok(self.cudart.cudaSetDevice(index))
-        self.stream = _ok(self.cudart.cudaStreamCreate())
-        self.handle = int(self.stream)
-        self.pointers: list[Any] = []
-        weakref.finalize(self, _free, self.cudart, self.pointers, self.stream)
-
-    def alloc(self, count: int) -> tuple[Any, int]:
-        pointer = _ok(self.cudart.cudaMalloc(count * 4))
-        self.pointers.append(pointer)
-        return pointer, int(pointer)
-
-    def upload(self, buffer: Any, array: np.ndarray) -> None:
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        _ok(self.cudart.cudaMemcpyAsync(buffer, array.ctypes.data, array.nbytes, kind, self.stream))
-
-    def download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
-        out = np.empty(shape, dtype=np.float32)
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _ok(self.cudart.cudaMemcpyAsync(out.ctypes.data, buffer, out.nbytes, kind, self.stream))
-        _ok(self.cudart.cudaStreamSynchronize(self.stream))
-        return out
-
-
-def _free(cudart: Any, pointers: list[Any], stream: Any) -> None:
-    for pointer in pointers:
-        cudart.cudaFree(pointer)
-    cudart.cudaStreamDestroy(stream)
-
-
 class _Engine:
     """A deserialized engine with one execution context and device buffers sized for the profile's max."""
 
@@ -368,8 +198,7 @@ class _Engine:
             raise VaekitError(f"{plan.name}: {missing}")
         if sidecar is not None:
             check_compatible(plan, sidecar, trt.__version__, gpu_identity(index))
-        backend = _cuda_backend()[0]
-        self.buffers = _TorchBuffers(index) if backend == "torch" else _CudaPythonBuffers(index)
+        self.buffers = device_buffers(index)
         self.logger = trt.Logger(trt.Logger.ERROR)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(data)
@@ -380,8 +209,8 @@ class _Engine:
             )
         self.info = _info_from_sidecar(plan, sidecar) if sidecar else _info_from_engine(trt, self.engine, plan)
         if role is not None and self.info.role != role:
-            raise VaekitError(f"{plan.name} is an {self.info.role} engine, not a {role}")
-        self.inputs, self.outputs = IO_NAMES[self.info.role]
+            raise VaekitError(f"{plan.name} is {WITH_ARTICLE[self.info.role]} engine, not {WITH_ARTICLE[role]}")
+        self.inputs, self.outputs = (INPUT_NAME[self.info.role],), OUTPUT_NAMES[self.info.role]
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         if sorted(names) != sorted((*self.inputs, *self.outputs)):
             raise VaekitError(f"{plan.name} has tensors {names}, expected {[*self.inputs, *self.outputs]}")
@@ -426,3 +255,20 @@ class TrtDecoder(Decoder):
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
         return self.runner.run(z)[0]
+
+
+def status(device: str) -> str:
+    """'' when TensorRT engines can run here, else why not."""
+    try:
+        import_trt()
+    except VaekitError as exc:
+        return str(exc)
+    return cuda_status()
+
+
+def load(path: Path, role: Role, device: str) -> Encoder | Decoder:
+    return TrtEncoder(path, device) if role == "encoder" else TrtDecoder(path, device)
+
+
+def describe(path: Path) -> ArtifactInfo:
+    return load_info(path)

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from tests.conftest import write_idx
-from vaekit.cli import app
+from vaekit.cli.main import app
 from vaekit.fsutil import LOCK_FILE
 
 FULL_DISK_BYTES = 512 * 1024
@@ -38,7 +38,7 @@ FULL_DISK_BYTES = 512 * 1024
 class Row:
     args: str  # command line with {placeholders} (see `places`)
     expect: str  # regex the single error line must match: it names the problem
-    needs: str = ""  # readonly | fulldisk | cli_trt | cli_bench | no-tensorrt | no-cuda
+    needs: str = ""  # readonly | fulldisk | no-tensorrt | no-cuda
     bug: str = ""  # a known defect (file: diagnosis); the row is xfail(strict) until it is fixed
     sub: bool = False  # also run through a real subprocess
 
@@ -139,29 +139,44 @@ ROWS: dict[str, Row] = {
         needs="fulldisk",
     ),
     # --- export --------------------------------------------------------------------------------------
-    "export-missing": Row("export --checkpoint {bad}/nope --out {out}/existing", r"nope not found", sub=True),
-    "export-random-weights": Row(
-        "export --checkpoint {bad}/run_random_model --out {out}/existing", r"corrupt or truncated"
+    "export-missing": Row(
+        "export --checkpoint {bad}/nope --out {out}/existing --overwrite", r"nope not found", sub=True
     ),
-    "export-nan-weights": Row("export --checkpoint {bad}/run_nan_weights --out {out}/existing", r"NaN or Inf"),
-    "export-wrong-shape": Row("export --checkpoint {bad}/run_wrong_shape --out {out}/existing", r"does not match"),
+    "export-random-weights": Row(
+        "export --checkpoint {bad}/run_random_model --out {out}/existing --overwrite", r"corrupt or truncated"
+    ),
+    "export-nan-weights": Row(
+        "export --checkpoint {bad}/run_nan_weights --out {out}/existing --overwrite", r"NaN or Inf"
+    ),
+    "export-wrong-shape": Row(
+        "export --checkpoint {bad}/run_wrong_shape --out {out}/existing --overwrite", r"does not match"
+    ),
     "export-onnx-as-checkpoint": Row("export --checkpoint {bad}/random.onnx --out {out}/e", r"not a checkpoint"),
-    "export-max-batch-zero": Row("export --checkpoint {run} --max-batch 0 --out {out}/existing", r"--max-batch"),
+    "export-max-batch-zero": Row(
+        "export --checkpoint {run} --max-batch 0 --out {out}/existing --overwrite", r"--max-batch"
+    ),
     "export-max-batch-negative": Row(
-        "export --checkpoint {run} --max-batch -1 --out {out}/existing",
+        "export --checkpoint {run} --max-batch -1 --out {out}/existing --overwrite",
         r"--max-batch",
     ),
     "export-calibration-zero": Row(
-        "export --checkpoint {run} --int8 --calibration-images 0 --out {out}/existing", r"--calibration-images"
+        "export --checkpoint {run} --int8 --calibration-images 0 --out {out}/existing --overwrite",
+        r"--calibration-images",
     ),
-    "export-precision-unknown": Row("export --checkpoint {run} --precision fp8 --out {out}/existing", r"fp8"),
-    "export-data-missing": Row("export --checkpoint {run} --data mnist:{bad}/nope --out {out}/existing", r"nope"),
+    "export-precision-unknown": Row(
+        "export --checkpoint {run} --precision fp8 --out {out}/existing --overwrite", r"fp8"
+    ),
+    "export-data-missing": Row(
+        "export --checkpoint {run} --data mnist:{bad}/nope --out {out}/existing --overwrite", r"nope"
+    ),
     "export-out-under-file": Row("export --checkpoint {run} --out {bad}/random.onnx/art", r"random.onnx"),
     "export-out-readonly": Row("export --checkpoint {run} --out {ro}/art", r"Read-only file system", needs="readonly"),
     "export-out-full-disk": Row(
-        "export --checkpoint {run} --out {full}/existing", r"No space left on device", needs="fulldisk"
+        "export --checkpoint {run} --out {full}/existing --overwrite", r"No space left on device", needs="fulldisk"
     ),
-    "export-trt-missing": Row("export --checkpoint {run} --trt --out {out}/existing", r"--trt", needs="no-tensorrt"),
+    "export-trt-missing": Row(
+        "export --checkpoint {run} --trt --out {out}/existing --overwrite", r"--trt", needs="no-tensorrt"
+    ),
     # --- parity --------------------------------------------------------------------------------------
     "parity-missing": Row("parity {bad}/nope", r"nope is not an artifact directory", sub=True),
     "parity-file": Row("parity {bad}/random.onnx", r"random.onnx is not an artifact directory"),
@@ -291,23 +306,21 @@ ROWS: dict[str, Row] = {
     "info-latent-mismatch": Row("info {bad}/art_meta5_unlisted/decoder.onnx", r"latent"),
     "info-empty-dir": Row("info {bad}/empty_dir", r"holds neither a run"),
     "info-unknown-suffix": Row("info {bad}/notes.txt", r"unknown artifact type"),
-    # --- build-engine (vaekit/cli_trt.py) and bench (vaekit/cli_bench.py), when present ------------
-    "build-engine-missing": Row("build-engine {bad}/nope.onnx", r"nope.onnx|tensorrt|TensorRT", needs="cli_trt"),
-    "build-engine-random": Row("build-engine {bad}/random.onnx", r"random.onnx|tensorrt|TensorRT", needs="cli_trt"),
+    # --- build-engine and bench -------------------------------------------------------------------
+    "build-engine-missing": Row("build-engine {bad}/nope.onnx", r"nope.onnx|tensorrt|TensorRT"),
+    "build-engine-random": Row("build-engine {bad}/random.onnx", r"random.onnx|tensorrt|TensorRT"),
     "build-engine-max-batch-zero": Row(
-        "build-engine {art}/decoder.onnx --max-batch 0", r"--max-batch|tensorrt|TensorRT", needs="cli_trt"
+        "build-engine {art}/decoder.onnx --max-batch 0", r"--max-batch|tensorrt|TensorRT"
     ),
-    "bench-missing": Row("bench {bad}/nope", r"nope", needs="cli_bench"),
-    "bench-batch-zero": Row("bench {art} --batch-sizes 0", r"batch", needs="cli_bench"),
-    "bench-batch-text": Row("bench {art} --batch-sizes x", r"batch", needs="cli_bench"),
-    "bench-random-decoder": Row("bench {bad}/art_random_decoder", r"decoder.onnx", needs="cli_bench"),
-    "bench-runtime-unknown": Row("bench {art} --runtimes tpu --batch-sizes 1", r"runtime.*tpu", needs="cli_bench"),
-    "bench-graphs-unknown": Row("bench {art} --graphs unet --batch-sizes 1", r"graphs.*unet", needs="cli_bench"),
-    "bench-batch-over-max": Row("bench {art} --batch-sizes 9", r"\b9\b.*\b8\b", needs="cli_bench"),
-    "bench-threads-negative": Row("bench {art} --threads -1 --batch-sizes 1", r"threads", needs="cli_bench"),
-    "build-engine-plan-as-onnx": Row(
-        "build-engine {bad}/random.plan", r"random.plan|tensorrt|TensorRT", needs="cli_trt"
-    ),
+    "bench-missing": Row("bench {bad}/nope", r"nope"),
+    "bench-batch-zero": Row("bench {art} --batch-sizes 0", r"batch"),
+    "bench-batch-text": Row("bench {art} --batch-sizes x", r"batch"),
+    "bench-random-decoder": Row("bench {bad}/art_random_decoder", r"decoder.onnx"),
+    "bench-runtime-unknown": Row("bench {art} --runtimes tpu --batch-sizes 1", r"runtime.*tpu"),
+    "bench-graphs-unknown": Row("bench {art} --graphs unet --batch-sizes 1", r"graphs.*unet"),
+    "bench-batch-over-max": Row("bench {art} --batch-sizes 9", r"\b9\b.*\b8\b"),
+    "bench-threads-negative": Row("bench {art} --threads -1 --batch-sizes 1", r"threads"),
+    "build-engine-plan-as-onnx": Row("build-engine {bad}/random.plan", r"random.plan|tensorrt|TensorRT"),
 }
 
 
@@ -539,20 +552,14 @@ def _requirement(needs: str, readonly: Path | str, full: Path | str) -> str:
         return readonly if isinstance(readonly, str) else ""
     if needs == "fulldisk":
         return full if isinstance(full, str) else ""
-    if needs in ("cli_trt", "cli_bench"):
-        try:
-            __import__(f"vaekit.{needs}")
-        except Exception as exc:  # absent, or not importable yet: either way the command is not there
-            return f"vaekit.{needs} is not importable here ({type(exc).__name__}: {exc})"
-        return ""
     if needs == "no-tensorrt":
-        from vaekit.runtimes.loader import tensorrt_status
+        from vaekit.runtimes.registry import BACKENDS
 
-        return "" if tensorrt_status() else "TensorRT works here, so --trt is not a bad input"
+        return "" if BACKENDS["trt"].status("cuda") else "TensorRT works here, so --trt is not a bad input"
     if needs == "no-cuda":
-        from vaekit.runtimes.loader import onnx_devices
+        from vaekit.runtimes.registry import BACKENDS
 
-        return "" if onnx_devices()["cuda"] else "CUDA works here, so --device cuda is not a bad input"
+        return "" if BACKENDS["onnxrt"].status("cuda") else "CUDA works here, so --device cuda is not a bad input"
     return ""
 
 

@@ -12,9 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
-import vaekit.cli_bench  # noqa: F401  (registers `bench` until cli.py imports it)
-from vaekit.cli import app
-from vaekit.runtimes.bench import BenchSettings, count_flops, cpu_peak, run_bench, time_calls
+from vaekit.cli.main import app
+from vaekit.runtimes.bench import BenchSettings, run_bench
+from vaekit.runtimes.bench_child import time_calls
+from vaekit.runtimes.flops import count_flops
+from vaekit.runtimes.machine import cpu_peak
 from vaekit.runtimes.onnxrt import cpu_cores
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vaekit.cli import app
+from vaekit.cli.main import app
 
 runner = CliRunner()
 

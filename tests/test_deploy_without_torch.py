@@ -14,7 +14,7 @@ PRELUDE = (
     "import sys\n"
     "for name in ('torch', 'sklearn', 'safetensors', 'onnxscript'):\n"
     "    sys.modules[name] = None\n"
-    "from vaekit.cli import main\n"
+    "from vaekit.cli.main import main\n"
     "sys.argv = ['vaekit', *sys.argv[1:]]\n"
     "main()\n"
     "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

@@ -7,13 +7,14 @@ import numpy as np
 import onnx
 import pytest
 
+from vaekit.checkpoint import load_run
 from vaekit.data import ImageData, to_float
 from vaekit.export.onnx import OPSET, export_onnx
 from vaekit.fsutil import sha256_file
 from vaekit.runtimes import load_decoder, load_encoder
-from vaekit.runtimes.loader import describe, onnx_devices
+from vaekit.runtimes.registry import BACKENDS, describe
 
-ORT_DEVICES = [d for d, missing in onnx_devices().items() if not missing and d != "tensorrt"]
+ORT_DEVICES = [d for d in ("cpu", "cuda") if not BACKENDS["onnxrt"].status(d)]
 FP32_ATOL = 1e-4  # the bound for fp32 ONNX Runtime vs PyTorch
 
 
@@ -64,14 +65,14 @@ def test_fp32_onnx_matches_pytorch(which: str, batch: int, device: str, request:
 
 def test_export_is_reproducible(conv_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    a = export_onnx(conv_run, tmp_path / "a", max_batch=4)
-    b = export_onnx(conv_run, tmp_path / "b", max_batch=4)
+    a = export_onnx(load_run(conv_run), tmp_path / "a", max_batch=4)
+    b = export_onnx(load_run(conv_run), tmp_path / "b", max_batch=4)
     for role in ("encoder", "decoder"):
         assert sha256_file(a[role]) == sha256_file(b[role])
 
 
 def test_max_batch_one(conv_run: Path, tmp_path: Path) -> None:
-    paths = export_onnx(conv_run, tmp_path, max_batch=1)
+    paths = export_onnx(load_run(conv_run), tmp_path, max_batch=1)
     dec = load_decoder(paths["decoder"])
     assert dec.info.max_batch == 1
     assert dec.decode(np.zeros((1, 4), np.float32)).shape == (1, 1, 16, 16)
@@ -80,7 +81,7 @@ def test_max_batch_one(conv_run: Path, tmp_path: Path) -> None:
 def test_export_cli_replaces_an_older_export(conv_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from vaekit.cli import app
+    from vaekit.cli.main import app
 
     out = tmp_path / "art"
     out.mkdir()

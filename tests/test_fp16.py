@@ -182,7 +182,7 @@ def test_conversion_refuses_bad_sources(fp16_export: tuple[Path, object], tmp_pa
 
 
 def test_fp16_tolerance_is_the_parity_table(fp16_export: tuple[Path, object]) -> None:
-    from vaekit.runtimes.loader import describe
+    from vaekit.runtimes.registry import describe
 
     info = describe(fp16_export[0] / "decoder.fp16.onnx")
     assert info.precision == "fp16" and tolerance_for(info, "image").min_psnr == 40.0
@@ -197,8 +197,8 @@ def test_conversion_needs_no_torch(fp16_export: tuple[Path, object], tmp_path: P
         "import numpy as np\n"
         "from pathlib import Path\n"
         "from vaekit.export.fp16 import convert_fp16\n"
-        "import vaekit.export.tensorrt, vaekit.runtimes.trt, vaekit.cli_trt\n"
-        "from vaekit.runtimes.parity import load_inputs\n"
+        "import vaekit.export.tensorrt, vaekit.export.engines, vaekit.runtimes.trt, vaekit.cli.engines\n"
+        "from vaekit.runtimes.artifacts import load_inputs\n"
         "images, z = load_inputs(Path(sys.argv[1]))\n"
         "r = convert_fp16(Path(sys.argv[1]) / 'decoder.onnx', Path(sys.argv[2]), images.astype(np.float32) / 255, z)\n"
         "print(r['nodes']['fp16'])\n"

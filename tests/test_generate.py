@@ -10,9 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
-from vaekit.cli import app
-from vaekit.generate import interpolation_latents, prior_latents, slerp, top_dimensions, traversal_latents
+from vaekit.cli.main import app
 from vaekit.runtimes import load_decoder
+from vaekit.runtimes.generate import interpolation_latents, prior_latents, slerp, top_dimensions, traversal_latents
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
-from vaekit.cli import app
+from vaekit.cli.main import app
 from vaekit.runtimes import parity
 from vaekit.runtimes.parity import Tolerance, batch_sizes_for, fixed_latents, judge, metrics
 
@@ -108,7 +108,8 @@ def test_export_refuses_success_when_parity_fails(
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     strict = {o: Tolerance(max_abs=0.0) for o in parity.OUTPUTS}  # ORT differs in the last bits
     monkeypatch.setitem(parity.TOLERANCES, ("fp32", "cpu"), strict)
-    result = runner.invoke(app, ["export", "--checkpoint", str(conv_run), "--out", str(out), "--max-batch", "4"])
+    args = ["export", "--checkpoint", str(conv_run), "--out", str(out), "--max-batch", "4", "--overwrite"]
+    result = runner.invoke(app, args)
     assert_one_line_error(result.exit_code, result.stderr, "parity failed")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
     rejected = tmp_path / "art-rejected"

@@ -17,9 +17,10 @@ from vaekit.errors import VaekitError
 from vaekit.export import quantize
 from vaekit.export.quantize import quantize_int8
 from vaekit.runtimes import load_decoder
+from vaekit.runtimes.artifacts import load_inputs
 from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.onnxrt import OrtDecoder
-from vaekit.runtimes.parity import fixed_latents, load_inputs, run_parity, typical_rows
+from vaekit.runtimes.parity import fixed_latents, load_reference, run_parity, typical_rows
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_int8_graph_is_explicit_qdq_with_per_channel_weights(int8_art: tuple[Pat
 def test_int8_parity_within_the_int8_tolerances(int8_art: tuple[Path, dict[str, Any]], conv_run: Path) -> None:
     art, reports = int8_art
     images_u8, z = load_inputs(art)
-    report = run_parity(art, conv_run, to_float(images_u8, (0.0, 1.0)), z, devices=("cpu",))
+    report = run_parity(art, load_reference(art, conv_run), to_float(images_u8, (0.0, 1.0)), z, devices=("cpu",))
     int8 = [c for c in report.cases if c.runtime.endswith("int8")]
     assert {c.output for c in int8} == {"mu", "log_var", "image", "image_stress"}
     assert all(c.passed for c in int8), [(c.output, c.broken) for c in int8]

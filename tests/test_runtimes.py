@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes import InputError, load_decoder, load_encoder
-from vaekit.runtimes.loader import onnx_devices
+from vaekit.runtimes.registry import BACKENDS
 
 
 def test_backend_is_chosen_from_the_artifact(conv_run: Path, conv_art: Path) -> None:
@@ -34,7 +34,7 @@ def test_loader_errors(conv_art: Path, name: str, device: str, message: str) -> 
         load_decoder(conv_art / name, device)
 
 
-@pytest.mark.parametrize("device", [d for d, missing in onnx_devices().items() if missing])
+@pytest.mark.parametrize("device", [d for d in BACKENDS["onnxrt"].devices if BACKENDS["onnxrt"].status(d)])
 def test_missing_provider_is_named(conv_art: Path, device: str) -> None:
     with pytest.raises(VaekitError, match=r"ONNX Runtime here has no \w+ExecutionProvider"):
         load_decoder(conv_art / "decoder.onnx", device)

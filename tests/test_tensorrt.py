@@ -16,17 +16,17 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-import vaekit.cli_trt  # noqa: F401  (registers build-engine)
-from vaekit.cli import app
+from vaekit.cli.main import app
 from vaekit.errors import VaekitError
-from vaekit.export.tensorrt import check_precision
-from vaekit.runtimes.loader import describe, load_decoder, tensorrt_status
-from vaekit.runtimes.trt import check_compatible, layer_precisions, make_sidecar, read_sidecar, sidecar_path
+from vaekit.export.tensorrt import check_precision, make_sidecar
+from vaekit.runtimes.artifacts import read_sidecar, sidecar_path
+from vaekit.runtimes.registry import BACKENDS, describe, load_decoder
+from vaekit.runtimes.trt import check_compatible, layer_precisions
 
 runner = CliRunner()
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-TRT_MISSING = tensorrt_status()
+TRT_MISSING = BACKENDS["trt"].status("cuda")
 no_tensorrt_here = pytest.mark.skipif(not TRT_MISSING, reason="TensorRT and a GPU are usable here")
 gpu = pytest.mark.gpu
 needs_tensorrt = pytest.mark.skipif(bool(TRT_MISSING), reason=f"needs TensorRT on a CUDA GPU: {TRT_MISSING}")
@@ -229,7 +229,7 @@ def test_fp16_engines_reach_40_db_and_run_in_fp16(engines: dict[str, Path]) -> N
 @needs_tensorrt
 def test_generate_round_trip_with_and_without_sidecar(engines: dict[str, Path], conv_run: Path, tmp_path: Path) -> None:
     from vaekit.runtimes.parity import metrics
-    from vaekit.runtimes.pyt import TorchDecoder
+    from vaekit.runtimes.registry import load_decoder as load_reference_decoder
 
     art = engines["fp16"]
     for name in ("with", "without"):
@@ -239,7 +239,7 @@ def test_generate_round_trip_with_and_without_sidecar(engines: dict[str, Path], 
         result = runner.invoke(app, [*args, "--npy", str(tmp_path / f"{name}.npz"), "--trust"])
         assert result.exit_code == 0, result.stderr
         with np.load(tmp_path / f"{name}.npz") as f:
-            reference = TorchDecoder(conv_run).decode(f["z"])
+            reference = load_reference_decoder(conv_run).decode(f["z"])
             assert metrics(reference, f["images"], (0.0, 1.0))["psnr"] >= 40.0
     info = describe(art / "decoder.plan")  # from the engine itself now
     assert (info.role, info.latent_dim, info.max_batch, info.precision) == ("decoder", 4, 8, "fp16")

@@ -1,3 +1,3 @@
-from vaekit.cli import main
+from vaekit.cli.main import main
 
 main()

@@ -19,14 +19,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
 from vaekit import __version__
-from vaekit.config import RunConfig
+from vaekit.config import CONFIG_FILE, MODEL_FILE, TRAINER_FILE, RunConfig
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from vaekit.model import VAE, build_model
-
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-TRAINER_FILE = "trainer.safetensors"
 
 
 @dataclass
@@ -123,14 +119,29 @@ def _load_weights(model: VAE, weights: dict[str, torch.Tensor], source: Path) ->
     model.load_state_dict(weights)
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[VAE, RunConfig]:
-    """Rebuild the model from config.json and load its weights, in eval mode."""
+@dataclass
+class Run:
+    """A checkpoint read once: the model in eval mode, its config, and the sha256 of its weights file."""
+
+    model: VAE
+    cfg: RunConfig
+    sha256: str
+    weights: Path
+
+
+def load_run(path: Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model from config.json and load its weights: the config read once, the weights hashed once."""
     cfg = load_config(path)
     _, weights_path = resolve_run(path)
     weights, _ = _read(weights_path)
     model = build_model(cfg.model)
     _load_weights(model, weights, weights_path)
-    return model.to(device).eval(), cfg
+    return Run(model.to(device).eval(), cfg, sha256_file(weights_path), weights_path)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[VAE, RunConfig]:
+    run = load_run(path, device)
+    return run.model, run.cfg
 
 
 def load_trainer(run_dir: Path, model: VAE) -> TrainerState:

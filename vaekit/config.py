@@ -17,9 +17,16 @@ CONV_HIDDEN_DIMS = (32, 64, 128, 256)  # AntixK beta_vae.py uses (32, 64, 128, 2
 MLP_HIDDEN_DIMS = (400,)  # pytorch/examples vae: 784-400-20
 DEFAULT_DATA = "digits"
 DEFAULT_OUT = "runs/default"
+DEFAULT_ARTIFACTS = "artifacts/default"
 DEFAULT_MAX_BATCH = 64  # exported artifacts: batch 1..this (the TensorRT profile's max)
 DEFAULT_CALIBRATION_IMAGES = 512  # int8 calibration
 VALUE_RANGES: dict[str, tuple[float, float]] = {"bernoulli": (0.0, 1.0), "gaussian": (-1.0, 1.0)}
+TRAIN_DEVICES = ("auto", "cpu", "cuda")  # torch devices `train` and `eval` take (cuda:N too)
+
+# A run directory (the checkpoint format): core writes it, the PyTorch runtime and export read it.
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.safetensors"
 
 
 @dataclass
@@ -125,6 +132,8 @@ def _check_types(section: Any) -> None:
 
 @dataclass
 class RunConfig:
+    """A whole run; `preset(arch)` gives the defaults of each architecture."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -165,3 +174,16 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise VaekitError("config is not a JSON object")
         return cls.from_dict(raw)
+
+
+def preset(arch: str) -> RunConfig:
+    """The defaults of an architecture: AntixK's for conv, pytorch/examples' (784-400-20, Adam 1e-3, batch
+    128, constant LR) for the MLP."""
+    cfg = RunConfig()
+    if arch == "mlp":
+        cfg.model.arch = "mlp"
+        cfg.model.image_size, cfg.model.latent_dim, cfg.model.hidden_dims = 28, 20, MLP_HIDDEN_DIMS
+        cfg.train.batch_size, cfg.train.lr, cfg.train.scheduler_gamma = 128, 1e-3, 1.0
+    elif arch != "conv":
+        raise VaekitError(f"unknown arch {arch!r}: use conv or mlp")
+    return cfg

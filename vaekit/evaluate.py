@@ -7,12 +7,16 @@ decoder's likelihood summed over pixels, so they compare with the literature.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from vaekit.checkpoint import load_model
 from vaekit.config import ModelConfig
-from vaekit.model import VAE, kl_divergence
+from vaekit.data import load_data, to_float
+from vaekit.errors import UsageError, VaekitError
+from vaekit.model import VAE, kl_divergence, pick_device
 
 EVAL_CHUNK = 4096  # decoder rows (samples x images) per forward pass
 
@@ -22,9 +26,8 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> tor
 
 
 def to_tensor(images: np.ndarray, cfg: ModelConfig, device: torch.device | str) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float tensor in the model's value range."""
-    lo, hi = cfg.value_range
-    return torch.from_numpy(images).to(device).float().div_(255.0).mul_(hi - lo).add_(lo)
+    """uint8 (N, C, H, W) -> float tensor in the model's value range (the one conversion, data.to_float)."""
+    return torch.from_numpy(to_float(images, cfg.value_range)).to(device)
 
 
 @torch.no_grad()
@@ -48,7 +51,7 @@ def evaluate(
         b = x.shape[0]
         mu, log_var = model.encode(x)
         eps = torch.randn(k, b, mu.shape[1], generator=gen).to(device)
-        z = mu + (0.5 * log_var).exp() * eps  # (K, B, D)
+        z = model.reparameterize(mu, log_var, eps)  # (K, B, D)
         raw = model.decode_raw(z.reshape(k * b, -1))
         log_px = -model.recon_nll(raw, x.repeat(k, 1, 1, 1)).view(k, b)
         log_w = log_px + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, log_var)
@@ -64,3 +67,22 @@ def evaluate(
     p = model.cfg.pad
     out["pixels_counted"] = model.cfg.in_channels * (model.cfg.image_size - 2 * p) ** 2
     return out
+
+
+def evaluate_run(
+    checkpoint: Path, data: str | None, split: str, iwae_samples: int, limit: int | None, seed: int, device: str
+) -> dict[str, float | str]:
+    """`vaekit eval`: a run's checkpoint scored on a split of its data (or another spec of the same padding)."""
+    if split not in ("test", "train"):
+        raise UsageError(f"--split must be test or train, got {split!r}")
+    if iwae_samples < 1 or (limit is not None and limit < 1):
+        raise UsageError("--iwae-samples and --limit must be >= 1")
+    dev = pick_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    d = load_data(data or cfg.train.data, cfg.model.image_size, cfg.model.in_channels, cfg.train.test_fraction)
+    if d.pad != cfg.model.pad:
+        raise VaekitError(f"this data is padded by {d.pad}px but the model was trained with {cfg.model.pad}px")
+    images = (d.test if split == "test" else d.train)[:limit]
+    result: dict[str, float | str] = {**evaluate(model, images, iwae_samples=iwae_samples, seed=seed, device=dev)}
+    result["split"] = split
+    return result

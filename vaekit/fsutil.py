@@ -58,6 +58,16 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def check_output_dir(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output directory that is, contains or lies inside a directory the command reads from:
+    writing there would mix outputs into inputs (and publishing could delete files the input holds)."""
+    target = Path(out).expanduser().resolve()
+    for source in inputs:
+        src = Path(source).expanduser().resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise VaekitError(f"the output {out} overlaps the input {source}: write to a directory of its own")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

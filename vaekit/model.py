@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaekit.config import LossConfig, ModelConfig
+from vaekit.errors import VaekitError
 
 
 @dataclass
@@ -50,10 +51,14 @@ class VAE(nn.Module):
         return torch.sigmoid(raw) if self.cfg.likelihood == "bernoulli" else torch.tanh(raw)
 
     @staticmethod
-    def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
-        # z = mu + sigma * eps keeps the sample differentiable in mu and log_var.
+    def reparameterize(mu: Tensor, log_var: Tensor, eps: Tensor | None = None) -> Tensor:
+        """z = mu + sigma * eps keeps the sample differentiable in mu and log_var.
+
+        eps: given by callers that control the noise (training draws it per global batch, evaluation K
+        samples per image); drawn here otherwise.
+        """
         std = torch.exp(0.5 * log_var)
-        return mu + std * torch.randn_like(std)
+        return mu + std * (torch.randn_like(std) if eps is None else eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (raw decoder output, mu, log_var) for one posterior sample per image."""
@@ -169,3 +174,13 @@ class MLPVAE(VAE):
 
 def build_model(cfg: ModelConfig) -> VAE:
     return ConvVAE(cfg) if cfg.arch == "conv" else MLPVAE(cfg)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise VaekitError(f"unknown device {name!r}: use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaekitError("--device cuda asked for, but torch sees no CUDA GPU")
+    return torch.device(name)

@@ -30,22 +30,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from vaekit import __version__
-from vaekit.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TRAINER_FILE,
-    TrainerState,
-    load_trainer,
-    save_checkpoint,
-    save_config,
-)
-from vaekit.config import RunConfig
+from vaekit.checkpoint import TrainerState, load_trainer, save_checkpoint, save_config
+from vaekit.config import CONFIG_FILE, MODEL_FILE, TRAINER_FILE, RunConfig
 from vaekit.data import ImageData, load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
 from vaekit.fsutil import atomic_write_text, remove_stale_temps, run_lock
 from vaekit.images import grid, labelled_rows, line_plot, save_png, upscale
-from vaekit.model import VAE, build_model
+from vaekit.model import VAE, build_model, pick_device
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_PNG = "samples.png"
@@ -95,16 +87,6 @@ class Dist:
     def on_main(self, fn: Callable[..., object], *args: Any) -> None:
         """Run fn(*args) on rank 0 only (the one that writes files); the others wait for it and share its fate."""
         self.agree(lambda: fn(*args) if self.main else None)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise VaekitError(f"unknown device {name!r}: use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaekitError("--device cuda asked for, but torch sees no CUDA GPU")
-    return torch.device(name)
 
 
 def _init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
@@ -176,8 +158,7 @@ class TrainStep(nn.Module):
 
     def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = self.vae.encode(x)
-        z = mu + torch.exp(0.5 * log_var) * eps
-        return self.vae.decode_raw(z), mu, log_var
+        return self.vae.decode_raw(self.vae.reparameterize(mu, log_var, eps)), mu, log_var
 
 
 def _write_previews(
@@ -276,7 +257,7 @@ def _train(
 
     train_step = TrainStep(model)
     net: nn.Module = DistributedDataParallel(train_step) if ddp.world > 1 else train_step
-    train_u8 = torch.from_numpy(np.require(data.train, requirements=["C", "W"]))  # mnist arrives read-only
+    train_u8 = data.train
     # DistributedSampler only needs len(): it yields indices, shuffled from (seed, epoch), one share per rank.
     sampler: DistributedSampler[int] = DistributedSampler(
         range(len(train_u8)),  # type: ignore[arg-type]
@@ -287,7 +268,6 @@ def _train(
     )
     batches = BatchSampler(sampler, tc.batch_size // ddp.world, drop_last=False)
     kld_weight = _kld_weight(cfg, len(train_u8))
-    lo, hi = cfg.model.value_range
     use_amp = tc.amp and device.type == "cuda"
 
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -297,7 +277,7 @@ def _train(
         sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kld (each summed over images), images
         t0 = time.perf_counter()
         for b, idx in enumerate(batches):
-            x = train_u8[idx].to(device, non_blocking=True).float().div_(255.0).mul_(hi - lo).add_(lo)
+            x = to_tensor(train_u8[idx], cfg.model, device)
             n = x.shape[0]
             # eps for the whole global batch, same on every rank; this rank's images sit at rank::world.
             eps = torch.randn(n * ddp.world, cfg.model.latent_dim, generator=noise)[ddp.rank :: ddp.world]

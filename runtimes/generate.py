@@ -89,3 +89,24 @@ def reconstruct(encoder: Encoder, decoder: Decoder, images: np.ndarray) -> tuple
     mse = ((recon - images) ** 2).reshape(len(images), -1).mean(axis=1)
     psnr = float(np.mean(10 * np.log10((hi - lo) ** 2 / np.maximum(mse, 1e-12))))
     return recon, psnr
+
+
+def picture_latents(
+    decoder: Decoder, n: int, seed: int, interpolate: int | None, traverse: int | None
+) -> tuple[np.ndarray, int | None, list[int]]:
+    """The latents `vaekit generate` decodes: prior samples, or n // K rows of K interpolation or traversal
+    steps. Returns (z, columns per row or None for a square grid, the traversed dimensions)."""
+    if n < 1:
+        raise VaekitError(f"--n must be >= 1, got {n}")
+    if interpolate is not None and traverse is not None:
+        raise VaekitError("--interpolate and --traverse are separate pictures: pick one")
+    steps = interpolate if interpolate is not None else traverse
+    if steps is not None and steps < 2:
+        raise VaekitError(f"--interpolate/--traverse needs >= 2 steps, got {steps}")
+    d = decoder.info.latent_dim
+    if interpolate is not None:
+        return interpolation_latents(max(1, n // interpolate), interpolate, d, seed), interpolate, []
+    if traverse is not None:
+        z, dims = traversal_latents(decoder, max(1, n // traverse), traverse)
+        return z, traverse, dims
+    return prior_latents(n, d, seed), None, []

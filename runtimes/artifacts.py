@@ -1,0 +1,176 @@
+"""What an artifact directory holds, named once: file names, roles, precisions, tensor names, and the
+readers of its manifest, provenance and parity inputs.
+
+Everything that reads or writes an export directory takes its names from here; the run directory's
+names (the checkpoint format) come from `vaekit.config`, which core writes.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from vaekit.config import CONFIG_FILE, MODEL_FILE
+from vaekit.errors import VaekitError
+from vaekit.fsutil import sha256_file
+
+Role = Literal["encoder", "decoder"]
+ROLES: tuple[Role, ...] = ("encoder", "decoder")
+WITH_ARTICLE = {"encoder": "an encoder", "decoder": "a decoder"}  # for messages that name a role
+# Precision -> the suffix its graphs carry ("decoder.fp16.onnx"); fp32 is the portable graph itself.
+PRECISION_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
+PRECISIONS = tuple(PRECISION_SUFFIX)
+# Tensor names of the two graphs: the ONNX exporter writes them, every backend feeds and reads them.
+INPUT_NAME: dict[str, str] = {"encoder": "image", "decoder": "z"}
+OUTPUT_NAMES: dict[str, tuple[str, ...]] = {"encoder": ("mu", "log_var"), "decoder": ("image",)}
+
+ONNX_SUFFIX = ".onnx"
+ENGINE_SUFFIXES = (".plan", ".engine")
+CHECKPOINT_SUFFIX = ".safetensors"
+MANIFEST = "manifest.json"
+PARITY_JSON = "parity.json"
+PARITY_PNG = "parity.png"
+PARITY_INPUTS = "parity_inputs.npz"
+SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json
+TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
+# What `vaekit export` publishes: an older export's files of these kinds that the new one did not write go.
+PUBLISHED = ("*" + ONNX_SUFFIX, "*.plan", "*.plan" + SIDECAR_SUFFIX, MANIFEST, PARITY_JSON, PARITY_PNG, PARITY_INPUTS)
+RUN_CONFIG, RUN_WEIGHTS = CONFIG_FILE, MODEL_FILE
+
+
+def onnx_name(role: str, precision: str = "fp32") -> str:
+    return f"{role}{PRECISION_SUFFIX[precision]}{ONNX_SUFFIX}"
+
+
+def plan_name(role: str) -> str:
+    return f"{role}{ENGINE_SUFFIXES[0]}"
+
+
+def sidecar_path(plan: Path) -> Path:
+    return plan.with_name(plan.name + SIDECAR_SUFFIX)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_CONFIG).is_file()
+
+
+def is_artifact_dir(path: Path) -> bool:
+    return any((path / onnx_name(role)).is_file() for role in ROLES)
+
+
+def resolve(path: Path, role: str) -> Path:
+    """A run directory -> its weights; an artifact directory -> its fp32 <role>.onnx; a file -> itself."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if is_run_dir(path):
+            return path / RUN_WEIGHTS
+        candidate = path / onnx_name(role)
+        if candidate.is_file():
+            return candidate
+        raise VaekitError(f"{path} holds neither a run ({RUN_CONFIG}) nor {candidate.name}")
+    if not path.exists():
+        raise VaekitError(f"{path} not found")
+    return path
+
+
+def artifact_dir_of(path: Path) -> Path:
+    """The export directory a command that reads a whole export (parity, bench) was given, or one line why not."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        why = "" if path.exists() else " (not found)"
+        raise VaekitError(f"{path} is not an artifact directory{why}")
+    if is_run_dir(path) and not is_artifact_dir(path):
+        raise VaekitError(f"{path} is a run directory, not an artifact directory: export it first (vaekit export)")
+    decoder = path / onnx_name("decoder")
+    if not decoder.is_file():
+        raise VaekitError(f"{decoder} not found: {path} is not an artifact directory")
+    return path
+
+
+def artifact_files(artifact_dir: Path) -> list[tuple[Role, Path]]:
+    """(role, path) of every ONNX graph and TensorRT engine in an export directory."""
+    found: list[tuple[Role, Path]] = []
+    for role in ROLES:
+        found += [(role, artifact_dir / onnx_name(role, p)) for p in PRECISIONS]
+        found.append((role, artifact_dir / plan_name(role)))
+    return [(role, path) for role, path in found if path.is_file()]
+
+
+def read_manifest(artifact_dir: Path) -> dict[str, Any] | None:
+    path = artifact_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def manifest_checkpoint(artifact_dir: Path) -> Path | None:
+    """The checkpoint the manifest says these artifacts came from, when it is still there."""
+    named = (read_manifest(artifact_dir) or {}).get("checkpoint")
+    found = Path(named).expanduser() if isinstance(named, str) and named else None
+    return found if found is not None and found.exists() else None
+
+
+def provenance(path: Path, trust: bool = False) -> str:
+    """Check an artifact against the manifest beside it; returns a line saying where it came from.
+
+    A TensorRT engine is executable code: a file whose hash differs from the manifest's is refused unless
+    the user says --trust; one with no manifest entry loads with a warning that its origin is unverified.
+    """
+    manifest = read_manifest(path.parent)
+    files = (manifest or {}).get("files")
+    entry = files.get(path.name) if isinstance(files, dict) else None
+    if manifest is None or not isinstance(entry, dict):
+        where = f"no {MANIFEST} beside it" if manifest is None else f"not listed in {MANIFEST}"
+        return f"{path.name}: {where}; origin not verified (load only engines you built)"
+    if sha256_file(path) != entry.get("sha256"):
+        if not trust:
+            raise VaekitError(
+                f"{path} does not match the sha256 in {MANIFEST} (modified or replaced?); --trust to load it"
+            )
+        return f"{path.name}: sha256 differs from {MANIFEST}, loaded because of --trust"
+    return f"{path.name}: sha256 matches {MANIFEST} (exported from {manifest.get('checkpoint', '?')})"
+
+
+def load_inputs(artifact_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and float32 z saved at export time (no pickle), so parity runs without the dataset."""
+    path = artifact_dir / PARITY_INPUTS
+    if not path.is_file():
+        raise VaekitError(f"{path} not found: re-export, or pass --data")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, z = f["images"], f["z"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise VaekitError(f"{path} is not a vaekit parity input file: {exc}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or z.ndim != 2 or not len(images) or not len(z):
+        raise VaekitError(f"{path}: expected uint8 images (N, C, H, W) and z (N, D), N >= 1")
+    if z.dtype != np.float32:
+        raise VaekitError(f"{path}: z must be float32, got {z.dtype}")
+    return images, z
+
+
+SIDECAR_FORMAT = 1
+
+
+def read_sidecar(plan: Path) -> dict[str, Any] | None:
+    """The JSON beside a TensorRT plan (vaekit metadata, TensorRT version, GPU, profile, hash), if any."""
+    path = sidecar_path(plan)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VaekitError(f"{path} is not a vaekit engine sidecar: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "graph_metadata" not in data:
+        raise VaekitError(f"{path} is not a vaekit engine sidecar (format {SIDECAR_FORMAT} expected)")
+    if not isinstance(data["graph_metadata"], dict):
+        raise VaekitError(f"{path} is not a vaekit engine sidecar: graph_metadata is not an object")
+    return data

@@ -1,0 +1,135 @@
+"""One registry entry per runtime: how to load an artifact, how to describe it without running it, and
+whether it can run here (with the reason when not). Nothing outside a backend branches on its name.
+
+Each backend module provides `load(path, role, device, **options)`, `describe(path)` and
+`status(device)`, and imports its own library lazily, so this module needs numpy alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+from vaekit.errors import VaekitError
+from vaekit.runtimes.artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, Role, provenance, resolve
+from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino
+    label: str  # what reports show (ArtifactInfo.backend): pytorch, onnxruntime, tensorrt, openvino
+    module: str
+    suffixes: tuple[str, ...]  # artifact files it reads
+    devices: tuple[str, ...]  # the first is its default
+    summary: str
+
+    def _impl(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def check_device(self, device: str) -> str:
+        """The device this backend runs on for `device` ("" = its default); an unknown one is one line."""
+        if not device:
+            return self.devices[0]
+        if device.split(":")[0] not in self.devices:
+            raise VaekitError(f"unknown device {device!r}: {self.summary} runs on {', '.join(self.devices)}")
+        return device
+
+    def load(self, path: Path, role: Role, device: str = "", **options: Any) -> Encoder | Decoder:
+        loaded: Encoder | Decoder = self._impl().load(path, role, self.check_device(device), **options)
+        return loaded
+
+    def describe(self, path: Path) -> ArtifactInfo:
+        info: ArtifactInfo = self._impl().describe(path)
+        return info
+
+    def status(self, device: str = "") -> str:
+        """'' when this backend can run on `device` here, else why not."""
+        reason: str = self._impl().status(self.check_device(device))
+        return reason
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "pyt", "pytorch", "vaekit.runtimes.pyt", (CHECKPOINT_SUFFIX,), ("cpu", "cuda"), "PyTorch, the trained model"
+        ),
+        Backend(
+            "onnxrt",
+            "onnxruntime",
+            "vaekit.runtimes.onnxrt",
+            (ONNX_SUFFIX,),
+            ("cpu", "cuda", "tensorrt"),
+            "ONNX Runtime; tensorrt = its TensorRT execution provider",
+        ),
+        Backend(
+            "trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines (.plan)"
+        ),
+    )
+}
+
+
+def backend_for(path: Path, name: str | None = None) -> Backend:
+    """The backend named, or the default one for this artifact's suffix."""
+    if name is not None:
+        if name not in BACKENDS:
+            raise VaekitError(f"unknown runtime {name!r}: use {', '.join(BACKENDS)}")
+        backend = BACKENDS[name]
+        if path.suffix.lower() not in backend.suffixes:
+            raise VaekitError(f"the {name} backend reads {', '.join(backend.suffixes)} files, not {path.name}")
+        return backend
+    suffix = path.suffix.lower()
+    found = next((b for b in BACKENDS.values() if suffix in b.suffixes), None)
+    if found is None:
+        known = ", ".join(s for b in BACKENDS.values() for s in b.suffixes)
+        raise VaekitError(
+            f"{path}: unknown artifact type {path.suffix or '(no suffix)'!r}; vaekit reads {known} or a run dir"
+        )
+    return found
+
+
+def load_encoder(path: Path | str, device: str = "", runtime: str | None = None, **options: Any) -> Encoder:
+    """Load the encoder an artifact (file, run dir or artifact dir) holds, on the backend that reads it."""
+    resolved = resolve(Path(path), "encoder")
+    loaded = backend_for(resolved, runtime).load(resolved, "encoder", device, **options)
+    return cast(Encoder, loaded)
+
+
+def load_decoder(path: Path | str, device: str = "", runtime: str | None = None, **options: Any) -> Decoder:
+    resolved = resolve(Path(path), "decoder")
+    loaded = backend_for(resolved, runtime).load(resolved, "decoder", device, **options)
+    return cast(Decoder, loaded)
+
+
+def describe(path: Path | str, role: Role = "decoder") -> ArtifactInfo:
+    """What an artifact is, read from its metadata alone (no session, no engine, no GPU)."""
+    resolved = resolve(Path(path), role)
+    return backend_for(resolved).describe(resolved)
+
+
+def runtime_status() -> dict[str, dict[str, str]]:
+    """backend -> device -> '' when usable here, else the reason: what `doctor` and parity report."""
+    return {b.name: {d: b.status(d) for d in b.devices} for b in BACKENDS.values()}
+
+
+def _open_checked(path: Path | str, role: Role, device: str, trust: bool) -> tuple[Encoder | Decoder, str]:
+    resolved = resolve(Path(path), role)
+    backend = backend_for(resolved)
+    origin = "" if resolved.suffix.lower() == CHECKPOINT_SUFFIX else provenance(resolved, trust)
+    return backend.load(resolved, role, device), origin
+
+
+def open_encoder(path: Path | str, device: str = "", trust: bool = False) -> tuple[Encoder, str]:
+    """Load an encoder after checking it against the manifest beside it (refusing a hash mismatch unless
+    trust); returns it with a line saying where it came from ('' for a checkpoint, which has no manifest)."""
+    loaded, origin = _open_checked(path, "encoder", device, trust)
+    return cast(Encoder, loaded), origin
+
+
+def open_decoder(path: Path | str, device: str = "", trust: bool = False) -> tuple[Decoder, str]:
+    loaded, origin = _open_checked(path, "decoder", device, trust)
+    return cast(Decoder, loaded), origin

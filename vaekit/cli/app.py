@@ -1,0 +1,73 @@
+"""The shared Typer app, the consoles, and the one rule for errors: a user's mistake is one red line and a
+non-zero exit, never a traceback. Command modules register on `app`; this module imports none of them."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from vaekit.errors import VaekitError
+from vaekit.extras import require
+
+app = typer.Typer(
+    help="Train a VAE, export it to ONNX / TensorRT, and prove the deployed artifacts compute what the model does.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Not a terminal (CI logs, pipes): wide enough that parity tables keep their columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+LEARN_PANEL = "Learn"
+DEPLOY_PANEL = "Deploy"
+MEASURE_PANEL = "Measure"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+def command(panel: str, name: str | None = None) -> Callable[[F], F]:
+    """app.command that first checks the command's extras, then turns user errors into one red line."""
+
+    def decorate(fn: F) -> F:
+        command_name = name or fn.__name__.replace("_", "-")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                require(command_name)
+                return fn(*args, **kw)
+            except VaekitError as exc:
+                raise fail(str(exc), exc.exit_code) from None
+            except MemoryError:
+                raise fail("out of memory: try a smaller --batch-size") from None
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise fail(f"{exc.strerror or exc}{where}") from None
+            except KeyboardInterrupt:
+                raise fail("interrupted", 130) from None
+
+        app.command(name=command_name, rich_help_panel=panel)(wrapper)
+        return fn
+
+    return decorate
+
+
+def note(text: str) -> None:
+    """A dim informational line on stdout."""
+    out_console.print(f"[dim]{escape(text)}[/]", highlight=False)
+
+
+def wrote(path: Any, what: str = "") -> None:
+    """Say what a command wrote, and where."""
+    out_console.print(f"[green]wrote[/] {escape(str(path))}{escape(what)}", highlight=False)

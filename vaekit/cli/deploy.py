@@ -1,0 +1,210 @@
+"""Deploy commands: export, parity, generate, reconstruct, info, doctor. Only `export` needs torch."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.markup import escape
+
+from vaekit.cli.app import DEPLOY_PANEL, command, note, out_console, wrote
+from vaekit.cli.tables import key_value_table, parity_table
+from vaekit.config import DEFAULT_ARTIFACTS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.runtimes.parity import ParityReport
+
+DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
+ALL_DEVICES = "cpu,cuda,tensorrt"
+
+
+def _print_report(report: ParityReport) -> None:
+    out_console.print(parity_table(report))
+    for line in report.skipped:
+        out_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+    for line in report.errors:
+        out_console.print(f"[red]error[/] {escape(line)}", highlight=False)
+
+
+@command(DEPLOY_PANEL)
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Run directory or model.safetensors.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory.")] = Path(DEFAULT_ARTIFACTS),
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch the artifacts accept (TensorRT profile max).")
+    ] = DEFAULT_MAX_BATCH,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the graph TensorRT builds from.")] = "fp32",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write QDQ int8 graphs (ONNX Runtime static quantization).")
+    ] = False,
+    calibration_images: Annotated[
+        int, typer.Option(help="Real images used to calibrate int8.")
+    ] = DEFAULT_CALIBRATION_IMAGES,
+    trt: Annotated[
+        bool, typer.Option("--trt", help="Also build TensorRT engines (needs an NVIDIA GPU + tensorrt).")
+    ] = False,
+    data: Annotated[str | None, typer.Option(help="Images for parity/calibration; default: the run's data.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out.")] = False,
+) -> None:
+    """Write encoder.onnx + decoder.onnx (+ fp16/int8 graphs, + .plan engines), then prove them by parity."""
+    from vaekit.export.pipeline import ExportOptions, export_artifacts
+    from vaekit.runtimes.registry import BACKENDS
+
+    if trt and (missing := BACKENDS["trt"].status("cuda")):
+        raise VaekitError(f"--trt: {missing}")
+    options = ExportOptions(max_batch, precision, int8, calibration_images, trt, data, overwrite)
+    result = export_artifacts(
+        checkpoint,
+        out,
+        options,
+        on_step=lambda name, s: out_console.print(f"[dim]{name:>9}[/] {s:6.2f} s", highlight=False),
+    )
+    _print_report(result.report)
+    if not result.passed:
+        raise VaekitError(
+            f"parity failed: {out} left unchanged; the artifacts are kept in {result.out_dir} for inspection"
+        )
+    out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
+
+
+@command(DEPLOY_PANEL)
+def parity(
+    artifacts: Annotated[Path, typer.Argument(help="Artifact directory written by `vaekit export`.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Reference run; default: the fp32 ONNX graphs on CPU.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Images to encode; default: the ones saved at export.")] = None,
+    devices: Annotated[str, typer.Option(help="Devices to try, comma separated.")] = ALL_DEVICES,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    png: Annotated[
+        Path | None,
+        typer.Option(help="Write reference | runtime | |diff| here.", show_default="parity.png in the directory"),
+    ] = None,
+) -> None:
+    """Compare every artifact on every runtime here against the reference; exit 1 if a tolerance breaks."""
+    from vaekit.runtimes.artifacts import PARITY_PNG
+    from vaekit.runtimes.parity import parity_of
+    from vaekit.runtimes.pictures import save_parity_png
+
+    wanted = tuple(d.strip() for d in devices.split(",") if d.strip())
+    report, info = parity_of(artifacts, checkpoint, data, wanted)
+    _print_report(report)
+    picture = png or artifacts / PARITY_PNG
+    if report.previews:
+        save_parity_png(report, info.value_range, picture)
+        wrote(picture)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
+        wrote(json_out)
+    if not report.passed:
+        raise VaekitError(report.failure())
+    out_console.print(f"[green]parity passed[/] ({len(report.cases)} checks)")
+
+
+@command(DEPLOY_PANEL)
+def generate(
+    engine: Annotated[Path, typer.Option(help="Decoder: .onnx, .plan, run dir or artifact dir.")],
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of z ~ N(0, I).")] = 0,
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    npy: Annotated[Path | None, typer.Option(help="Also save z and images as .npz.")] = None,
+    interpolate: Annotated[
+        int | None, typer.Option(help="K steps between pairs of seeded samples: n // K rows of K.")
+    ] = None,
+    traverse: Annotated[
+        int | None,
+        typer.Option(help="K steps over [-3, 3] for each top latent dimension: n // K rows (dimensions) of K."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
+    ] = False,
+) -> None:
+    """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
+    from vaekit.images import grid, save_png, upscale
+    from vaekit.runtimes.generate import decode_all, picture_latents
+    from vaekit.runtimes.registry import open_decoder
+
+    if n < 1:
+        raise VaekitError(f"--n must be >= 1, got {n}")
+    decoder, origin = open_decoder(engine, device or "", trust)
+    if origin:
+        note(origin)
+    z, ncol, dims = picture_latents(decoder, n, seed, interpolate, traverse)
+    if dims:
+        note(f"rows traverse latent dimensions {dims}")
+    images = decode_all(decoder, z)
+    save_png(upscale(grid(images, decoder.info.value_range, ncol=ncol), 512), out)
+    if npy:
+        buf = io.BytesIO()
+        np.savez(buf, z=z, images=images)
+        atomic_write_bytes(npy, buf.getvalue())
+    wrote(out, f" ({len(images)} images, {decoder.info.name})")
+
+
+@command(DEPLOY_PANEL)
+def reconstruct(
+    encoder: Annotated[Path, typer.Option(help="Encoder: .onnx, .plan, run dir or artifact dir.")],
+    decoder: Annotated[Path, typer.Option(help="Decoder: .onnx, .plan, run dir or artifact dir.")],
+    data: Annotated[str | None, typer.Option(help="Images; default: those saved beside the encoder at export.")] = None,
+    n: Annotated[int, typer.Option(help="Number of images.")] = 32,
+    out: Annotated[Path, typer.Option(help="PNG: inputs above, reconstructions below.")] = Path("recon.png"),
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
+    ] = False,
+) -> None:
+    """Encode real images to mu and decode them back, with any pair of artifacts."""
+    from vaekit.data import load_data, to_float
+    from vaekit.images import grid, labelled_rows, save_png, upscale
+    from vaekit.runtimes.artifacts import load_inputs
+    from vaekit.runtimes.generate import reconstruct as run_reconstruct
+    from vaekit.runtimes.registry import open_decoder, open_encoder
+
+    if n < 1:
+        raise VaekitError(f"--n must be >= 1, got {n}")
+    enc, enc_origin = open_encoder(encoder, device or "", trust)
+    dec, dec_origin = open_decoder(decoder, device or "", trust)
+    for origin in (enc_origin, dec_origin):
+        if origin:
+            note(origin)
+    c, h, _ = enc.info.image_shape
+    images_u8 = load_data(data, h, c, limit=n).test if data else load_inputs(Path(enc.info.path).parent)[0][:n]
+    images = to_float(images_u8, enc.info.value_range)
+    recon, psnr = run_reconstruct(enc, dec, images)
+    vr = dec.info.value_range
+    ncol = min(16, len(images))
+    rows = [("input", grid(images, vr, ncol)), ("reconstruction", grid(recon, vr, ncol))]
+    save_png(upscale(labelled_rows(rows), 512), out)
+    wrote(out, f": {len(images)} images, mean PSNR {psnr:.2f} dB ({enc.info.name} -> {dec.info.name})")
+
+
+@command(DEPLOY_PANEL)
+def info(
+    artifact: Annotated[
+        Path | None, typer.Argument(help="An .onnx, .plan or run dir; omit to describe this machine.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What an artifact is (shapes, latent dim, precision, provenance), or which runtimes this machine has."""
+    from vaekit.runtimes.machine import machine_report
+    from vaekit.runtimes.registry import describe
+
+    data = describe(artifact).to_json() if artifact is not None else machine_report()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    out_console.print(key_value_table(str(artifact) if artifact else "this machine", data))
+
+
+@command(DEPLOY_PANEL)
+def doctor() -> None:
+    """Which runtimes, execution providers, GPUs and versions this machine has, and what each command lacks."""
+    from vaekit.extras import report
+    from vaekit.runtimes.machine import machine_report
+
+    out_console.print(key_value_table("this machine", {**machine_report(), "commands": report()}))

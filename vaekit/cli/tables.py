@@ -1,0 +1,95 @@
+"""How reports look in a terminal: rich tables for parity, bench, and key/value reports (info, doctor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from vaekit.runtimes.bench import BenchReport
+from vaekit.runtimes.parity import ParityReport
+
+BUSY_MACHINE = 0.1  # other processes using more than this share of the CPUs make timings unreliable
+
+
+def parity_table(report: ParityReport) -> Table:
+    ref = report.reference
+    reference = f"{ref.get('backend', '?')} {ref.get('precision', '')}"
+    title = f"parity vs {reference} ({report.n_images} images, {report.n_latents} z)"
+    table = Table(title=title)
+    for col in ("runtime", "output", "batches", "max abs", "mean abs", "max rel", "cosine", "PSNR dB", "result"):
+        table.add_column(col, justify="right" if col not in ("runtime", "output", "result") else "left")
+    for c in report.cases:
+        m = c.metrics
+        psnr = f"{m['psnr']:.1f}" if "psnr" in m else ""
+        verdict = "[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.broken)}"
+        table.add_row(
+            c.runtime,
+            c.output,
+            ",".join(map(str, c.batch_sizes)),
+            f"{m['max_abs']:.2e}",
+            f"{m['mean_abs']:.2e}",
+            f"{m['max_rel']:.2e}",
+            f"{m['min_cosine']:.6f}",
+            psnr,
+            verdict,
+        )
+    return table
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def bench_table(report: BenchReport) -> Table:
+    cpu = report.machine["cpu"]
+    gemm = f", ONNX Runtime GEMM reaches {cpu['gemm_gflops']}" if "gemm_gflops" in cpu else ""
+    gemm += f"; {report.settings.get('clock', 'wall')} clock"
+    title = (
+        f"{cpu['model']}: {report.machine['threads']} threads, {cpu['isa']}, fp32 peak {cpu['peak_gflops']} GFLOP/s "
+        f"({cpu['cores']} x {cpu['clock_ghz']} GHz x {cpu['flop_per_cycle']}){gemm}"
+    )
+    table = Table(title=title)
+    columns = ("graph", "runtime", "precision", "batch", "p50 ms", "p95 ms", "images/s", "GFLOP/s", "% peak")
+    for col in (*columns, "peak MB", "load s", "note"):
+        table.add_column(col, justify="left" if col in ("graph", "runtime", "precision", "note") else "right")
+    for r in report.rows:
+        busy = r.other_load is not None and r.other_load > BUSY_MACHINE
+        note = escape(r.note) if r.note else (f"[yellow]machine {r.other_load:.0%} busy[/]" if busy else "")
+        table.add_row(
+            r.graph,
+            r.runtime,
+            r.precision,
+            str(r.batch) if r.batch else "",
+            _fmt(r.p50_ms, ".3f"),
+            _fmt(r.p95_ms, ".3f"),
+            _fmt(r.images_per_s, ",.0f"),
+            _fmt(r.gflops, ".1f"),
+            _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
+            _fmt(r.peak_rss_mb, ".0f"),
+            _fmt(r.load_s, ".2f"),
+            note,
+        )
+    return table
+
+
+def _rows(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts flattened to 'a / b' keys, so no cell holds raw JSON."""
+    rows: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _rows(value, f"{name} / ")
+        elif isinstance(value, list | tuple):
+            rows.append((name, ", ".join(str(v) for v in value)))
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
+def key_value_table(title: str, data: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in _rows(data):
+        table.add_row(escape(key), escape(value))
+    return table
