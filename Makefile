@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	    $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; fi
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[train,$(RUNTIME),dev]"
+	@echo "installing vaekit and its dependencies into $(VENV) (about a minute on a fresh machine)..."
+	$(BIN)/python -m pip install -q -e ".[train,$(RUNTIME),openvino,dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -27,6 +27,7 @@ from vaekit.checkpoint import Run, load_run
 from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.data import ImageData, load_data, to_float
 from vaekit.errors import VaekitError
+from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -37,10 +38,14 @@ from vaekit.runtimes.artifacts import (
     PARITY_PNG,
     PRECISIONS,
     PUBLISHED,
+    cpu_graph_name,
     is_artifact_dir,
     onnx_name,
     plan_name,
 )
+from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.golden import save_golden
+from vaekit.runtimes.onnxrt import graph_metadata, read_graph
 from vaekit.runtimes.parity import ParityReport, fixed_latents, run_parity
 from vaekit.runtimes.pictures import save_parity_png
 
@@ -138,10 +143,12 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
     paths = step("onnx", lambda: export_onnx(run, staging, opts.max_batch))
     save_parity_inputs(staging, images_u8, z)
     images = to_float(images_u8, run.cfg.model.value_range)
+    result.details["cpu_graphs"] = step("cpu", lambda: write_cpu_graphs(paths))
     _precision_graphs(step, result, run, real, paths, images, z, opts)
     if opts.trt:
         result.details["tensorrt"] = step("tensorrt", lambda: _engines(staging, list(paths), opts))
     reference = pyt.from_model(run.model, run.cfg, run.sha256, str(checkpoint.resolve()))
+    save_golden(staging, *reference, images, z)
     result.report = step("parity", lambda: run_parity(staging, reference, images, z))
     atomic_write_text(staging / PARITY_JSON, json.dumps(result.report.to_json(), indent=2) + "\n")
     save_parity_png(result.report, run.cfg.model.value_range, staging / PARITY_PNG)
@@ -203,6 +210,22 @@ def _precision_graphs(
                 for role, p in paths.items()
             },
         )
+
+
+def write_cpu_graphs(paths: dict[str, Path]) -> dict[str, list[str]]:
+    """<role>.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, so an application that loads it
+    with plain ONNX Runtime gets the speed vaekit's own backend gets (role -> rewrites; none: not written)."""
+    written = {}
+    for role, path in paths.items():
+        model = read_graph(path)
+        rewrites = rewrite_for_cpu(model)
+        if not rewrites:
+            continue
+        meta = graph_metadata(model)
+        set_metadata(model, {**meta, "graph": "cpu", "cpu_rewrites": json.dumps(rewrites)})
+        finalize(model, path.with_name(cpu_graph_name(role)))
+        written[role] = rewrites
+    return written
 
 
 def _engines(staging: Path, roles: list[str], opts: ExportOptions) -> dict[str, Any]:

@@ -36,15 +36,32 @@ MANIFEST = "manifest.json"
 PARITY_JSON = "parity.json"
 PARITY_PNG = "parity.png"
 PARITY_INPUTS = "parity_inputs.npz"
+GOLDEN_OUTPUTS = "golden_outputs.npz"  # the PyTorch fp32 model's outputs for the parity inputs
+FASTEST = "fastest.json"  # the fastest verified runtime per graph and batch, as measured by `vaekit bench`
+CPU_SUFFIX = ".cpu"  # decoder.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, for plain ONNX Runtime
 SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json
 TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
 # What `vaekit export` publishes: an older export's files of these kinds that the new one did not write go.
-PUBLISHED = ("*" + ONNX_SUFFIX, "*.plan", "*.plan" + SIDECAR_SUFFIX, MANIFEST, PARITY_JSON, PARITY_PNG, PARITY_INPUTS)
+PUBLISHED = (
+    "*" + ONNX_SUFFIX,
+    "*.plan",
+    "*.plan" + SIDECAR_SUFFIX,
+    MANIFEST,
+    PARITY_JSON,
+    PARITY_PNG,
+    PARITY_INPUTS,
+    GOLDEN_OUTPUTS,
+    FASTEST,
+)
 RUN_CONFIG, RUN_WEIGHTS = CONFIG_FILE, MODEL_FILE
 
 
 def onnx_name(role: str, precision: str = "fp32") -> str:
     return f"{role}{PRECISION_SUFFIX[precision]}{ONNX_SUFFIX}"
+
+
+def cpu_graph_name(role: str) -> str:
+    return f"{role}{CPU_SUFFIX}{ONNX_SUFFIX}"
 
 
 def plan_name(role: str) -> str:
@@ -97,6 +114,7 @@ def artifact_files(artifact_dir: Path) -> list[tuple[Role, Path]]:
     found: list[tuple[Role, Path]] = []
     for role in ROLES:
         found += [(role, artifact_dir / onnx_name(role, p)) for p in PRECISIONS]
+        found.append((role, artifact_dir / cpu_graph_name(role)))
         found.append((role, artifact_dir / plan_name(role)))
     return [(role, path) for role, path in found if path.is_file()]
 
@@ -174,3 +192,31 @@ def read_sidecar(plan: Path) -> dict[str, Any] | None:
     if not isinstance(data["graph_metadata"], dict):
         raise VaekitError(f"{path} is not a vaekit engine sidecar: graph_metadata is not an object")
     return data
+
+
+GOLDEN_KEYS = ("mu", "log_var", "image")
+
+
+def load_golden(artifact_dir: Path, images: np.ndarray, z: np.ndarray, trust: bool = False) -> dict[str, np.ndarray]:
+    """The stored reference outputs for the parity inputs, checked against the manifest's hash (no pickle)."""
+    path = artifact_dir / GOLDEN_OUTPUTS
+    if not path.is_file():
+        raise VaekitError(
+            f"{path} not found: re-export, pass --checkpoint, or --reference-onnx to judge against the fp32 graph"
+        )
+    provenance(path, trust)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            golden = {key: np.asarray(f[key]) for key in GOLDEN_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise VaekitError(f"{path} is not a vaekit golden output file: {exc}") from None
+    shapes_ok = (
+        golden["mu"].shape == golden["log_var"].shape
+        and golden["mu"].ndim == 2
+        and len(golden["mu"]) == len(images)
+        and golden["image"].shape[0] == len(z)
+        and golden["image"].shape[1:] == images.shape[1:]
+    )
+    if not shapes_ok or any(v.dtype != np.float32 for v in golden.values()):
+        raise VaekitError(f"{path} does not match the parity inputs beside it (shapes or dtype differ)")
+    return golden

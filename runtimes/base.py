@@ -7,13 +7,16 @@ Backends (pyt, onnxrt, trt; see `registry`) subclass `Encoder`/`Decoder` and imp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import Role
+
+T = TypeVar("T")
 
 
 class InputError(VaekitError, ValueError):
@@ -72,7 +75,7 @@ def metadata_to_info(meta: dict[str, str], *, backend: str, device: str, path: s
         raise VaekitError(f"{path} is not a vaekit artifact: its metadata is missing or bad ({exc})") from None
 
 
-def _check(array: Any, expected: tuple[int, ...], what: str, max_batch: int) -> np.ndarray:
+def _check(array: object, expected: tuple[int, ...], what: str, max_batch: int) -> np.ndarray:
     shape = "(N, " + ", ".join(str(d) for d in expected) + ")"
     if not isinstance(array, np.ndarray):
         raise InputError(f"{what} must be a numpy array of shape {shape}, got {type(array).__name__}")
@@ -113,9 +116,9 @@ class Decoder:
         raise NotImplementedError
 
 
-def in_batches(fn: Any, array: np.ndarray, max_batch: int) -> Any:
+def in_batches(fn: Callable[[np.ndarray], T], array: np.ndarray, max_batch: int) -> T:
     """Apply fn to chunks of at most max_batch rows and concatenate (each output or tuple of outputs)."""
     parts = [fn(array[i : i + max_batch]) for i in range(0, len(array), max_batch)]
     if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
-    return np.concatenate(parts)
+        return cast(T, tuple(np.concatenate(p) for p in zip(*parts, strict=True)))
+    return cast(T, np.concatenate(cast(list[np.ndarray], parts)))

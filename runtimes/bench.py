@@ -11,20 +11,33 @@ the same work across runtimes and precisions."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vaekit.data import to_float
 from vaekit.errors import UsageError, VaekitError
-from vaekit.runtimes.artifacts import PRECISION_SUFFIX, manifest_checkpoint, onnx_name, plan_name
+from vaekit.runtimes.artifacts import (
+    PRECISION_SUFFIX,
+    Role,
+    cpu_graph_name,
+    load_inputs,
+    manifest_checkpoint,
+    onnx_name,
+    plan_name,
+)
+from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.flops import count_flops
 from vaekit.runtimes.machine import bench_machine
 from vaekit.runtimes.onnxrt import cpu_cores
+from vaekit.runtimes.parity import ParityReport, compare_decoder, compare_encoder, load_reference
 from vaekit.runtimes.registry import BACKENDS, describe
 
 GRAPHS = ("decoder", "encoder")
@@ -41,24 +54,34 @@ class Peer:
     name: str
     backend: str
     device: str
-    artifacts: str  # checkpoint | onnx (every precision) | onnx-fp32 | plan
+    artifacts: str  # checkpoint | onnx (every precision graph) | onnx-fp32 | cpu-graph | plan
     options: tuple[tuple[str, Any], ...] = ()
+    precision: str = ""  # a runtime-side precision (bf16 autocast, OpenVINO's hint); "" = the artifact's own
+    calibrate: bool = False  # quantize in memory on the parity inputs (NNCF), as an OpenVINO user would
 
 
 PEERS = {
     p.name: p
     for p in (
         Peer("pytorch", "pyt", "cpu", "checkpoint"),
+        Peer("pytorch-bf16", "pyt", "cpu", "checkpoint", (("precision", "bf16"),), "bf16"),
         Peer("torch-compile", "pyt", "cpu", "checkpoint", (("compile", True),)),
-        Peer("onnxruntime", "onnxrt", "cpu", "onnx"),
+        Peer("onnxruntime", "onnxrt", "cpu", "onnx"),  # vaekit's backend: in-memory CPU rewrites
+        # Plain ONNX Runtime, as a user's own application loads a file: the portable graph and the CPU graph.
+        Peer("onnxruntime-as-stored", "onnxrt", "cpu", "onnx-fp32", (("rewrite", False),)),
+        Peer("onnxruntime-cpu-graph", "onnxrt", "cpu", "cpu-graph", (("rewrite", False),)),
+        Peer("openvino", "openvino", "cpu", "onnx"),  # each graph in its own precision (fp32 asked explicitly)
+        Peer("openvino-cpu-graph", "openvino", "cpu", "cpu-graph"),  # do the CPU rewrites help OpenVINO too?
+        Peer("openvino-bf16", "openvino", "cpu", "onnx-fp32", (("precision", "bf16"),), "bf16"),  # its default here
+        Peer("openvino-fp16", "openvino", "cpu", "onnx-fp32", (("precision", "fp16"),), "fp16"),
+        Peer("openvino-nncf-int8", "openvino", "cpu", "onnx-fp32", (), "int8", calibrate=True),
         Peer("onnxruntime-cuda", "onnxrt", "cuda", "onnx"),
         Peer("onnxruntime-tensorrt", "onnxrt", "tensorrt", "onnx"),
         Peer("tensorrt", "trt", "cuda", "plan"),
-        # ONNX Runtime without vaekit's in-memory graph rewrites: what a user's own ONNX Runtime app gets.
-        Peer("onnxruntime-as-stored", "onnxrt", "cpu", "onnx-fp32", (("rewrite", False),)),
     )
 }
-DEFAULT_RUNTIMES = tuple(name for name in PEERS if name != "onnxruntime-as-stored")
+ON_REQUEST = ("onnxruntime-as-stored", "onnxruntime-cpu-graph", "openvino-cpu-graph", "openvino-fp16")
+DEFAULT_RUNTIMES = tuple(name for name in PEERS if name not in ON_REQUEST)
 RUNTIMES = tuple(PEERS)
 
 
@@ -92,6 +115,28 @@ class BenchSettings:
 
 
 @dataclass
+class Job:
+    """One child process: a peer on one artifact, and the timing rules of the run."""
+
+    runtime: str
+    graph: str
+    precision: str
+    path: str
+    artifact_dir: str = ""
+    batch_sizes: list[int] = field(default_factory=list)
+    warmup: int = 3
+    min_runs: int = 10
+    min_seconds: float = 1.0
+    max_seconds: float = 10.0
+    clock: str = "wall"
+    threads: int = 1
+
+    def timed(self, settings: BenchSettings, artifact_dir: Path) -> Job:
+        rules = {k: getattr(settings, k) for k in ("batch_sizes", "warmup", "min_runs", "min_seconds", "max_seconds")}
+        return replace(self, artifact_dir=str(artifact_dir), clock=settings.clock, threads=settings.threads, **rules)
+
+
+@dataclass
 class Row:
     runtime: str
     graph: str
@@ -108,6 +153,8 @@ class Row:
     median_ci_pct: float | None = None
     other_load: float | None = None  # CPU busy outside this process during the runs, as a fraction of all cores
     note: str = ""
+    artifact: str = ""  # the file measured (a checkpoint for the PyTorch peers)
+    parity: str = ""  # pass | FAIL: <first broken limit> | not run: <why>, against the golden outputs
     times_ms: list[float] = field(default_factory=list, repr=False)  # raw timings, pooled over rounds
 
 
@@ -117,6 +164,7 @@ class BenchReport:
     settings: dict[str, Any]
     flops_per_image: dict[str, int]
     rows: list[Row] = field(default_factory=list)
+    best: list[dict[str, Any]] = field(default_factory=list)  # the fastest verified row per (graph, batch)
 
     def to_json(self) -> dict[str, Any]:
         rows = [{k: v for k, v in asdict(r).items() if k != "times_ms"} for r in self.rows]
@@ -136,42 +184,47 @@ def _checkpoint(artifact_dir: Path, override: str) -> tuple[Path | None, str]:
 
 
 def _targets(peer: Peer, artifact_dir: Path, settings: BenchSettings) -> tuple[list[tuple[str, str, Path]], str]:
-    """(graph, precision, path) the peer measures here, or '' and why it measures nothing."""
+    """(graph, precision, path) the peer measures here, or [] and why it measures nothing."""
     if peer.artifacts == "checkpoint":
         ckpt, missing = _checkpoint(artifact_dir, settings.checkpoint)
-        return ([(g, "fp32", ckpt) for g in settings.graphs] if ckpt else []), missing
+        return ([(g, peer.precision or "fp32", ckpt) for g in settings.graphs] if ckpt else []), missing
     if peer.artifacts == "plan":
         plans = [(g, "engine", artifact_dir / plan_name(g)) for g in settings.graphs]
         found = [t for t in plans if t[2].is_file()]
         return found, "" if found else "no .plan engines in this directory (vaekit export --trt)"
+    if peer.artifacts == "cpu-graph":
+        graphs = [(g, "fp32", artifact_dir / cpu_graph_name(g)) for g in settings.graphs]
+        found = [t for t in graphs if t[2].is_file()]
+        return found, "" if found else "no CPU graphs in this directory (re-export)"
     precisions = ["fp32"] if peer.artifacts == "onnx-fp32" else list(PRECISION_SUFFIX)
     graphs = [(g, p, artifact_dir / onnx_name(g, p)) for g in settings.graphs for p in precisions]
-    return [t for t in graphs if t[2].is_file()], ""
+    return [(g, peer.precision or p, path) for g, p, path in graphs if path.is_file()], ""
 
 
-def plan_jobs(artifact_dir: Path, settings: BenchSettings) -> tuple[list[dict[str, Any]], list[Row]]:
+def _unavailable(peer: Peer) -> str:
+    """Why this peer cannot run here ('' when it can)."""
+    backend = BACKENDS[peer.backend]
+    missing = backend.status(peer.device)
+    if not missing and peer.precision and not peer.calibrate:
+        missing = backend.precision_status(peer.device, peer.precision)
+    if not missing and peer.calibrate and importlib.util.find_spec("nncf") is None:
+        missing = "nncf not installed (pip install nncf)"
+    return missing
+
+
+def plan_jobs(artifact_dir: Path, settings: BenchSettings) -> tuple[list[Job], list[Row]]:
     """Jobs (one child process each) and note rows for runtimes that cannot run here."""
-    jobs: list[dict[str, Any]] = []
+    jobs: list[Job] = []
     notes: list[Row] = []
     for name in settings.runtimes:
         peer = PEERS[name]
-        missing = BACKENDS[peer.backend].status(peer.device)
+        missing = _unavailable(peer)
         targets, nothing = _targets(peer, artifact_dir, settings) if not missing else ([], "")
         if missing or nothing:
             notes.append(Row(runtime=name, graph="-", precision="-", batch=0, note=missing or nothing))
             continue
         for graph, precision, path in targets:
-            jobs.append(
-                {
-                    "runtime": name,
-                    "backend": peer.backend,
-                    "device": peer.device,
-                    "options": dict(peer.options),
-                    "graph": graph,
-                    "precision": precision,
-                    "path": str(path),
-                }
-            )
+            jobs.append(Job(name, graph, precision, str(path)).timed(settings, artifact_dir))
     return jobs, notes
 
 
@@ -186,13 +239,15 @@ def check_batch_sizes(batch_sizes: list[int], max_batch: int) -> None:
 
 
 def _gemm_ceiling(settings: BenchSettings) -> float | None:
-    probe = _run_child({"runtime": GEMM_PROBE, "graph": "matmul", "precision": "fp32", **asdict(settings)})
+    probe = _run_child(Job(GEMM_PROBE, "matmul", "fp32", "").timed(settings, Path()))
     if probe and probe[0].p50_ms:
         return round(2 * GEMM_N**3 / (probe[0].p50_ms / 1e3) / 1e9, 1)
     return None
 
 
-def run_bench(artifact_dir: Path, settings: BenchSettings, progress: Any = None) -> BenchReport:
+def run_bench(
+    artifact_dir: Path, settings: BenchSettings, progress: Callable[[Job, int, int], None] | None = None
+) -> BenchReport:
     """Measure every planned job in a child process; progress(job, done, total) after each."""
     settings.check()
     fp32 = {g: artifact_dir / onnx_name(g) for g in settings.graphs}
@@ -206,20 +261,28 @@ def run_bench(artifact_dir: Path, settings: BenchSettings, progress: Any = None)
         flops_per_image={g: count_flops(p)["total"] for g, p in fp32.items()},
     )
     gemm = _gemm_ceiling(settings)
+    cpu = report.machine["cpu"]
     if gemm is not None:
-        report.machine["cpu"]["gemm_gflops"] = gemm
+        cpu["gemm_gflops"] = gemm
+        if gemm > cpu["peak_gflops"]:  # the clock read was a base clock: turbo runs faster, so the peak is higher
+            cpu["peaks"]["fp32"] = cpu["peak_gflops"] = gemm
+            cpu["clock_source"] += "; fp32 peak raised to the measured GEMM, which ran above it (turbo)"
     jobs, notes = plan_jobs(artifact_dir, settings)
     measured: dict[tuple[str, str, str, int], list[Row]] = {}
     total = len(jobs) * settings.rounds
     for i in range(total):
         job = jobs[i % len(jobs)]
-        for row in _run_child({**job, **asdict(settings), "artifact_dir": str(artifact_dir)}):
+        for row in _run_child(job):
             measured.setdefault((row.runtime, row.graph, row.precision, row.batch), []).append(row)
         if progress:
             progress(job, i + 1, total)
-    peak = report.machine["cpu"]["peak_gflops"]
-    report.rows = [_pool(rows, report.flops_per_image.get(rows[0].graph, 0), peak) for rows in measured.values()]
+    peaks = cpu["peaks"]
+    report.rows = [
+        _pool(rows, report.flops_per_image.get(rows[0].graph, 0), peaks.get(rows[0].precision, peaks["fp32"]))
+        for rows in measured.values()
+    ]
     report.rows.extend(notes)
+    report.best = pick_best(report.rows)
     return report
 
 
@@ -243,12 +306,12 @@ def _pool(rows: list[Row], flops: int, peak: float) -> Row:
     return row
 
 
-def _run_child(job: dict[str, Any]) -> list[Row]:
-    limit = 120 + len(job["batch_sizes"]) * (job["max_seconds"] + 120)  # + compile time for torch.compile
-    base = Row(runtime=job["runtime"], graph=job["graph"], precision=job["precision"], batch=0)
+def _run_child(job: Job) -> list[Row]:
+    limit = 120 + len(job.batch_sizes) * (job.max_seconds + 120)  # + compile time for torch.compile
+    base = Row(runtime=job.runtime, graph=job.graph, precision=job.precision, batch=0)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "vaekit.runtimes.bench_child", json.dumps(job)],
+            [sys.executable, "-m", "vaekit.runtimes.bench_child", json.dumps(asdict(job))],
             capture_output=True,
             text=True,
             timeout=limit,
@@ -266,3 +329,59 @@ def _run_child(job: dict[str, Any]) -> list[Row]:
         base.note = f"failed: {tail[:200]}"
         rows.append(base)
     return rows
+
+
+def parity_inputs(artifact_dir: Path, role: str) -> np.ndarray:
+    """The inputs parity judges on, as a graph of this role takes them (float images, or z)."""
+    images_u8, z = load_inputs(artifact_dir)
+    return to_float(images_u8, describe(artifact_dir).value_range) if role == "encoder" else z
+
+
+def load_peer(peer: Peer, path: Path, role: Role, artifact_dir: Path, threads: int | None) -> Encoder | Decoder:
+    """The peer's backend with its loader options; CPU backends get the pinned thread count."""
+    options = dict(peer.options)
+    if peer.device == "cpu" and threads:
+        options["threads"] = threads
+    if peer.calibrate:
+        options["calibration"] = parity_inputs(artifact_dir, role)
+    return BACKENDS[peer.backend].load(path, role, peer.device, **options)
+
+
+def verify(runtime: Encoder | Decoder, artifact_dir: Path) -> str:
+    """pass / FAIL: ... / not run: ... — this runtime against the golden outputs, with its precision's tolerance."""
+    try:
+        images_u8, z = load_inputs(artifact_dir)
+        images = to_float(images_u8, describe(artifact_dir).value_range)
+        encoder, decoder = load_reference(artifact_dir, None, images, z)
+        report = ParityReport(reference={}, n_images=len(images), n_latents=len(z))
+        if isinstance(runtime, Encoder):
+            compare_encoder(encoder, runtime, images, report)
+        else:
+            compare_decoder(decoder, runtime, z, report)
+    except VaekitError as exc:
+        return f"not run: {exc}"
+    broken = [f"{c.output} {c.broken[0]}" for c in report.cases if c.broken]
+    return f"FAIL: {broken[0]}" if broken else "pass"
+
+
+def pick_best(rows: list[Row]) -> list[dict[str, Any]]:
+    """The fastest verified row of each (graph, batch)."""
+    best: dict[tuple[str, int], Row] = {}
+    for row in rows:
+        if row.p50_ms is None or row.parity != "pass":
+            continue
+        key = (row.graph, row.batch)
+        if key not in best or row.p50_ms < (best[key].p50_ms or float("inf")):
+            best[key] = row
+    return [
+        {
+            "graph": r.graph,
+            "batch": r.batch,
+            "runtime": r.runtime,
+            "precision": r.precision,
+            "artifact": r.artifact,
+            "p50_ms": r.p50_ms,
+            "parity": r.parity,
+        }
+        for _, r in sorted(best.items())
+    ]

@@ -11,17 +11,16 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vaekit.data import to_float
 from vaekit.runtimes.artifacts import PARITY_INPUTS, load_inputs
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.bench import GEMM_N, GEMM_PROBE, INPUT_SEED, STABLE_MEDIAN, Row
-from vaekit.runtimes.registry import BACKENDS
+from vaekit.runtimes.bench import GEMM_N, GEMM_PROBE, INPUT_SEED, PEERS, STABLE_MEDIAN, Job, Row, load_peer, verify
 
 
 def _rss_high_water_mb() -> float:
@@ -49,8 +48,17 @@ def _busy_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+Call = Callable[[np.ndarray], object]
+
+
 def time_calls(
-    fn: Any, x: np.ndarray, warmup: int, min_runs: int, min_seconds: float, max_seconds: float, clock: Any = None
+    fn: Call,
+    x: np.ndarray,
+    warmup: int,
+    min_runs: int,
+    min_seconds: float,
+    max_seconds: float,
+    clock: Callable[[], float] | None = None,
 ) -> list[float]:
     """Seconds per call after `warmup` calls, until the median is stable, min_runs/min_seconds are met, or the cap.
 
@@ -73,7 +81,7 @@ def time_calls(
                 return times
 
 
-def _gemm_probe(threads: int) -> Any:
+def _gemm_probe(threads: int) -> Call:
     """A float MatMul as ONNX Runtime runs it: what its own GEMM reaches here, a measured ceiling beside the peak."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -92,24 +100,15 @@ def _gemm_probe(threads: int) -> Any:
     return lambda x: sess.run(None, {"a": x})[0]
 
 
-def _load(job: dict[str, Any]) -> Encoder | Decoder:
-    """The peer's backend with its loader options; CPU backends get the pinned thread count."""
-    options = dict(job["options"])
-    if job["device"] == "cpu":
-        options["threads"] = job["threads"]
-    backend = BACKENDS[job["backend"]]
-    return backend.load(Path(job["path"]), job["graph"], job["device"], **options)
-
-
-def _inputs(job: dict[str, Any], runtime: Encoder | Decoder, n: int) -> np.ndarray:
+def _inputs(job: Job, runtime: Encoder | Decoder, n: int) -> np.ndarray:
     info = runtime.info
     rng = np.random.default_rng(INPUT_SEED)
     if info.role == "decoder":
         return rng.standard_normal((n, info.latent_dim)).astype(np.float32)
     lo, hi = info.value_range
     images = rng.uniform(lo, hi, (n, *info.image_shape)).astype(np.float32)
-    if (Path(job["artifact_dir"]) / PARITY_INPUTS).is_file():  # real images where the export saved some
-        real = to_float(load_inputs(Path(job["artifact_dir"]))[0], info.value_range)
+    if (Path(job.artifact_dir) / PARITY_INPUTS).is_file():  # real images where the export saved some
+        real = to_float(load_inputs(Path(job.artifact_dir))[0], info.value_range)
         images = real[np.arange(n) % len(real)]
     return images
 
@@ -119,20 +118,22 @@ def _pin(threads: int) -> None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
 
 
-def _measure(job: dict[str, Any], fn: Any, x: np.ndarray, batch: int, load_s: float, base_mb: float) -> Row:
+def _measure(
+    job: Job, fn: Callable[[np.ndarray], object], x: np.ndarray, batch: int, load_s: float, base_mb: float
+) -> Row:
     """Time one batch size; the other processes' CPU use during it is recorded beside the timings."""
     busy0, own0, wall0 = _busy_seconds(), sum(os.times()[:2]), time.perf_counter()
-    clock = time.thread_time if job["clock"] == "cpu" else time.perf_counter
-    times = time_calls(fn, x, job["warmup"], job["min_runs"], job["min_seconds"], job["max_seconds"], clock)
+    clock = time.thread_time if job.clock == "cpu" else time.perf_counter
+    times = time_calls(fn, x, job.warmup, job.min_runs, job.min_seconds, job.max_seconds, clock)
     busy1, own1, wall = _busy_seconds(), sum(os.times()[:2]), time.perf_counter() - wall0
     q1, p50, q3, p95 = np.percentile(times, [25, 50, 75, 95])
     other = None
     if busy0 is not None and busy1 is not None:
         other = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1)), 3)
     return Row(
-        runtime=job["runtime"],
-        graph=job["graph"],
-        precision=job["precision"],
+        runtime=job.runtime,
+        graph=job.graph,
+        precision=job.precision,
         batch=batch,
         p50_ms=round(p50 * 1e3, 4),
         p95_ms=round(p95 * 1e3, 4),
@@ -142,36 +143,40 @@ def _measure(job: dict[str, Any], fn: Any, x: np.ndarray, batch: int, load_s: fl
         runs=len(times),
         median_ci_pct=round(100 * 1.57 * (q3 - q1) / np.sqrt(len(times)) / p50, 2),
         other_load=other,
+        artifact=Path(job.path).name,
         times_ms=[round(t * 1e3, 5) for t in times],
     )
 
 
-def _child(job: dict[str, Any]) -> None:
-    _pin(job["threads"])
+def _child(job: Job) -> None:
+    _pin(job.threads)
     base_mb = _rss_high_water_mb()
     t0 = time.perf_counter()
-    if job["runtime"] == GEMM_PROBE:
-        fn = _gemm_probe(job["threads"])
+    parity = ""
+    if job.runtime == GEMM_PROBE:
+        fn = _gemm_probe(job.threads)
         x_all = np.random.default_rng(INPUT_SEED).standard_normal((GEMM_N, GEMM_N)).astype(np.float32)
-        job = {**job, "batch_sizes": [GEMM_N]}
+        job = replace(job, batch_sizes=[GEMM_N])
     else:
-        runtime = _load(job)
+        artifact_dir = Path(job.artifact_dir)
+        runtime = load_peer(PEERS[job.runtime], Path(job.path), job.graph, artifact_dir, job.threads)
+        parity = verify(runtime, artifact_dir)
         fn = runtime.encode if isinstance(runtime, Encoder) else runtime.decode
-        x_all = _inputs(job, runtime, max(job["batch_sizes"]))
+        x_all = _inputs(job, runtime, max(job.batch_sizes))
     load_s = time.perf_counter() - t0
-    for batch in sorted(job["batch_sizes"]):
+    for batch in sorted(job.batch_sizes):
         row = _measure(job, fn, np.ascontiguousarray(x_all[:batch]), batch, load_s, base_mb)
-        print(json.dumps(asdict(row)), flush=True)
+        print(json.dumps(asdict(replace(row, parity=parity))), flush=True)
 
 
 def main(argv: list[str]) -> int:
     """Child entry point: measure one job, print one JSON row per batch size (or one note row)."""
-    job = json.loads(argv[1])
+    job = Job(**json.loads(argv[1]))
     try:
         _child(job)
     except Exception as exc:  # a runtime that fails here (compiler, driver, graph) becomes a note row
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        row = Row(runtime=job["runtime"], graph=job["graph"], precision=job["precision"], batch=0, note=reason)
+        row = Row(runtime=job.runtime, graph=job.graph, precision=job.precision, batch=0, note=reason)
         print(json.dumps(asdict(row)), flush=True)
         return 1
     return 0

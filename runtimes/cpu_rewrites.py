@@ -7,9 +7,12 @@ Conv kernels are batched, NCHWc-blocked in fp32 and VNNI-backed in int8. So the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 # Output parity of a stride-2, k3, pad-1, output-padding-1 ConvTranspose -> ((input offset, kernel tap), ...):
 # even outputs see one tap of one input pixel, odd outputs two taps of two neighbours.
@@ -17,7 +20,7 @@ PHASE_TAPS = {0: ((0, 1),), 1: ((0, 2), (1, 0))}
 ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "Softplus"})
 
 
-def _attrs(node: Any) -> dict[str, Any]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -26,7 +29,7 @@ def _attrs(node: Any) -> dict[str, Any]:
 class _Graph:
     """Just enough graph surgery for the rewrites below: weights by name, consumers, splice, prune."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         from onnx import numpy_helper
 
         self.graph = model.graph
@@ -37,10 +40,10 @@ class _Graph:
         w = self.weights.get(name)
         return w if w is not None and w.dtype == np.float32 else None
 
-    def consumers(self, tensor: str) -> list[Any]:
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [n for n in self.graph.node if tensor in n.input]
 
-    def only_consumer(self, tensor: str, op_types: frozenset[str] | set[str]) -> Any | None:
+    def only_consumer(self, tensor: str, op_types: frozenset[str] | set[str]) -> onnx.NodeProto | None:
         found = self.consumers(tensor)
         if len(found) == 1 and found[0].op_type in op_types and tensor not in self.outputs:
             return found[0]
@@ -53,7 +56,7 @@ class _Graph:
         self.weights[name] = value
         return name
 
-    def splice(self, old: list[Any], new: list[Any]) -> None:
+    def splice(self, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
         """Replace the nodes `old` (matched by output name: protobuf hands out copies) with `new` in place."""
         gone = {o.output[0] for o in old}
         nodes = list(self.graph.node)
@@ -154,7 +157,7 @@ def _fold_linear_upsample(g: _Graph) -> list[str]:
     return done
 
 
-def _is_upsample2(node: Any) -> bool:
+def _is_upsample2(node: onnx.NodeProto) -> bool:
     a = _attrs(node)
     return (
         node.op_type == "ConvTranspose"
@@ -167,7 +170,7 @@ def _is_upsample2(node: Any) -> bool:
     )
 
 
-def _is_same_conv3(node: Any) -> bool:
+def _is_same_conv3(node: onnx.NodeProto) -> bool:
     a = _attrs(node)
     return (
         node.op_type == "Conv"
@@ -239,7 +242,7 @@ def _phase_upsample(g: _Graph, every: bool) -> list[str]:
             continue
         base = ct.name or ct.output[0]
 
-        def activation(node: Any, src: str, dst: str) -> Any:
+        def activation(node: onnx.NodeProto, src: str, dst: str) -> onnx.NodeProto:
             return helper.make_node(node.op_type, [src], [dst], name=dst, **_attrs(node))
 
         new, old = [], [ct] + ([act] if act is not None else [])
@@ -303,7 +306,7 @@ def _phase_upsample(g: _Graph, every: bool) -> list[str]:
     return done
 
 
-def rewrite_for_cpu(model: Any, every_upsample: bool = False) -> list[str]:
+def rewrite_for_cpu(model: onnx.ModelProto, every_upsample: bool = False) -> list[str]:
     """Apply the exact CPU rewrites to `model` in place; returns what changed (empty: nothing applied).
 
     Only float32 weights stored inside the graph are touched, so fp16 and Q/DQ int8 graphs pass unchanged.

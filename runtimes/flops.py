@@ -4,12 +4,15 @@ precisions on the same work (that of the fp32 graph)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import onnx
 
-def conv_flops(op: str, shapes: dict[str, list[int]], node: Any) -> int:
+
+def conv_flops(op: str, shapes: dict[str, list[int]], node: onnx.NodeProto) -> int:
     """Multiply-adds x 2 of one Conv / ConvTranspose / Gemm / MatMul from inferred shapes (0 if unknown)."""
     ins = [shapes.get(i) for i in node.input]
     out = shapes.get(node.output[0])

@@ -97,6 +97,7 @@ def cpu_peak(cores: int) -> dict[str, Any]:
     elif info.get("cpu MHz"):
         clock_ghz, clock_source = float(info["cpu MHz"]) / 1e3, "/proc/cpuinfo MHz (base or current, not boost)"
     int8 = "avx512_vnni" in flags or "avx_vnni" in flags
+    per_cycle_by_precision = _low_precision_per_cycle(flags, per_cycle)
     return {
         "model": cpu_model(),
         "cores": cores,
@@ -107,7 +108,28 @@ def cpu_peak(cores: int) -> dict[str, Any]:
         "int8_dot_product": "VNNI" if int8 else "none (int8 runs on multiply-add pairs)",
         "flop_per_cycle": per_cycle,
         "peak_gflops": round(cores * clock_ghz * per_cycle, 1),
+        # per precision: (G)FLOP/s or int8 (G)OP/s, from the widest units this CPU reports
+        "peaks": {p: round(cores * clock_ghz * n, 1) for p, (n, _) in per_cycle_by_precision.items()},
+        "peak_units": {p: unit for p, (_, unit) in per_cycle_by_precision.items()},
     }
+
+
+def _low_precision_per_cycle(flags: set[str], fp32: int) -> dict[str, tuple[int, str]]:
+    """Operations per cycle per core by precision. AMX tiles (Sapphire Rapids and later): 1024 bf16 FLOP and
+    2048 int8 OP; without them AVX512-BF16 dot products double fp32's rate, AVX512-FP16 FMAs too, and VNNI
+    int8 dot products (4 multiply-adds per 32-bit lane) quadruple it."""
+    found = {"fp32": (fp32, "fp32 FMA")}
+    if "amx_bf16" in flags:
+        found["bf16"] = (1024, "AMX-BF16 tiles")
+    elif "avx512_bf16" in flags:
+        found["bf16"] = (2 * fp32, "AVX512-BF16 dot products")
+    if "avx512fp16" in flags:
+        found["fp16"] = (2 * fp32, "AVX512-FP16 FMA")
+    if "amx_int8" in flags:
+        found["int8"] = (2048, "AMX-INT8 tiles")
+    elif {"avx512_vnni", "avx_vnni"} & flags:
+        found["int8"] = (4 * fp32, "VNNI dot products")
+    return found
 
 
 def bench_machine(threads: int) -> dict[str, Any]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, WITH_ARTICLE, Role
@@ -58,7 +61,7 @@ def status(device: str) -> str:
     return ""
 
 
-def read_graph(path: Path) -> Any:
+def read_graph(path: Path) -> onnx.ModelProto:
     """Parse an ONNX file without its weights and refuse external data that points outside its folder."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -82,7 +85,7 @@ def read_graph(path: Path) -> Any:
     return model
 
 
-def graph_metadata(model: Any) -> dict[str, str]:
+def graph_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -137,7 +140,7 @@ def _cpu_model(path: Path, rewrite: bool) -> tuple[str | bytes, list[str]]:
     return (model.SerializeToString(), done) if done else (str(path), [])
 
 
-def _tensorrt_options(path: Path, info: ArtifactInfo) -> dict[str, Any]:
+def tensorrt_options(path: Path, info: ArtifactInfo) -> dict[str, Any]:
     """The TensorRT EP's engine cache beside the graph, and one profile for batch 1..max_batch."""
     name = INPUT_NAME[info.role]
     dims = "x".join(str(d) for d in (info.image_shape if info.role == "encoder" else (info.latent_dim,)))
@@ -161,7 +164,7 @@ def _session(path: Path, device: str, info: ArtifactInfo, threads: int | None, r
     wanted = PROVIDERS[device]
     providers: list[Any] = [wanted]
     if device == TENSORRT_EP:
-        providers = [(wanted, _tensorrt_options(path, info)), PROVIDERS["cuda"]]
+        providers = [(wanted, tensorrt_options(path, info)), PROVIDERS["cuda"]]
     model, rewrites = _cpu_model(path, rewrite) if device == "cpu" else (str(path), [])
     try:
         sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
@@ -179,7 +182,7 @@ def load_info(path: Path, device: str = "cpu") -> ArtifactInfo:
     return info
 
 
-def _check_input(model: Any, info: ArtifactInfo, path: Path) -> None:
+def _check_input(model: onnx.ModelProto, info: ArtifactInfo, path: Path) -> None:
     """The graph's own input shape must agree with its metadata, or inputs checked against the metadata fail
     later inside ONNX Runtime with its own message."""
     expected = (info.latent_dim,) if info.role == "decoder" else info.image_shape

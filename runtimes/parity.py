@@ -19,7 +19,8 @@ from vaekit.data import load_data, to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.artifacts import artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
-from vaekit.runtimes.registry import BACKENDS, backend_for, describe, load_decoder, load_encoder
+from vaekit.runtimes.golden import golden_reference
+from vaekit.runtimes.registry import BACKENDS, backends_for, describe, load_decoder, load_encoder
 
 PARITY_SEED = 20240229
 Z_LIMIT = 4.0
@@ -55,23 +56,43 @@ TOLERANCES: dict[tuple[str, str], dict[str, Tolerance]] = {
         "image_stress": Tolerance(min_psnr=15.0),
     },
 }
+# bf16 keeps fp32's range with an 8-bit mantissa: no overflow, but ~3 significant digits per op.
+TOLERANCES[("bf16", "cpu")] = {
+    "mu": Tolerance(max_abs=1e-1, min_cosine=0.999),
+    "log_var": Tolerance(max_abs=1e-1, min_cosine=0.999),
+    "image": Tolerance(min_psnr=40.0, min_cosine=0.999),
+    "image_stress": Tolerance(min_psnr=30.0, min_cosine=0.99),
+}
+TOLERANCES[("bf16", "cuda")] = TOLERANCES[("bf16", "cpu")]
 TOLERANCES[("fp16", "cuda")] = TOLERANCES[("fp16", "cpu")]
 TOLERANCES[("int8", "cuda")] = TOLERANCES[("int8", "cpu")]
 
 
+CPU_LIKE = ("cpu", "wasm")  # devices whose float32 arithmetic is IEEE without TF32-style shortcuts
+
+
 def tolerance_for(info: ArtifactInfo, output: str) -> Tolerance:
-    return TOLERANCES[(info.precision, "cpu" if info.device == "cpu" else "cuda")][output]
+    return TOLERANCES[(info.precision, "cpu" if info.device in CPU_LIKE else "cuda")][output]
 
 
 def metrics(reference: np.ndarray, got: np.ndarray, value_range: tuple[float, float] | None = None) -> dict[str, float]:
-    """max/mean abs error, max relative error, worst per-sample cosine similarity, and PSNR for images."""
+    """max/p99/p50/mean abs error, max relative error, worst per-sample cosine similarity, PSNR for images.
+
+    NaN or Inf in the output is a failure of its own: max_abs becomes inf, cosine -1, PSNR 0.
+    """
+    if not np.isfinite(got).all():
+        bad = {"max_abs": math.inf, "p50_abs": math.inf, "p99_abs": math.inf, "mean_abs": math.inf}
+        return {**bad, "max_rel": math.inf, "min_cosine": -1.0, **({"psnr": 0.0} if value_range else {})}
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     out = got.reshape(len(got), -1).astype(np.float64)
     diff = np.abs(out - ref)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
     cos = np.where(norms > 0, (ref * out).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    p50, p99 = np.percentile(diff, [50, 99])
     result = {
         "max_abs": float(diff.max()),
+        "p50_abs": float(p50),
+        "p99_abs": float(p99),
         "mean_abs": float(diff.mean()),
         "max_rel": float((diff / np.maximum(np.abs(ref), REL_FLOOR)).max()),
         "min_cosine": float(cos.min()),
@@ -89,6 +110,8 @@ def worst(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 def judge(m: dict[str, float], tol: Tolerance) -> list[str]:
     """Names of broken limits, e.g. ['max_abs 3e-3 > 1e-4']."""
+    if math.isinf(m["max_abs"]):
+        return ["NaN or Inf in the output"]
     broken = []
     if tol.max_abs is not None and not m["max_abs"] <= tol.max_abs:
         broken.append(f"max_abs {m['max_abs']:.3g} > {tol.max_abs:g}")
@@ -203,10 +226,16 @@ def compare_decoder(reference: Decoder, candidate: Decoder, z: np.ndarray, repor
 References = tuple[Encoder, Decoder]
 
 
-def load_reference(artifact_dir: Path, checkpoint: Path | None) -> References:
-    """The PyTorch fp32 model of a checkpoint, or (None) the fp32 ONNX graphs on ONNX Runtime CPU."""
-    source = checkpoint if checkpoint is not None else artifact_dir
-    return load_encoder(source, "cpu"), load_decoder(source, "cpu")
+def load_reference(
+    artifact_dir: Path, checkpoint: Path | None, images: np.ndarray, z: np.ndarray, onnx: bool = False
+) -> References:
+    """What parity judges against: the PyTorch fp32 model of a checkpoint; else the golden outputs stored at
+    export; the fp32 ONNX graphs on ONNX Runtime CPU only when asked (onnx=True)."""
+    if checkpoint is not None or onnx:
+        source = checkpoint if checkpoint is not None else artifact_dir
+        return load_encoder(source, "cpu"), load_decoder(source, "cpu")
+    encoder_info, decoder_info = describe(artifact_dir, "encoder"), describe(artifact_dir)
+    return golden_reference(artifact_dir, encoder_info, decoder_info, images, z)
 
 
 def _compare(
@@ -218,6 +247,47 @@ def _compare(
         compare_decoder(reference[1], candidate, z, report)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One artifact on one runtime: a backend, a device, and the runtime precision asked for (if any)."""
+
+    role: str
+    path: Path
+    backend: str
+    device: str
+    precision: str | None = None
+
+    @property
+    def runtime(self) -> str:
+        label = f"{BACKENDS[self.backend].label}-{self.device}"
+        return f"{label}-{self.precision}" if self.precision else label
+
+
+def candidates(artifact_dir: Path, devices: tuple[str, ...]) -> tuple[list[Candidate], dict[str, str]]:
+    """Every (artifact, runtime) parity can check here, and runtime -> why it cannot (said once per runtime)."""
+    found: list[Candidate] = []
+    missing: dict[str, str] = {}
+    for role, path in artifact_files(artifact_dir):
+        for backend in backends_for(path):
+            for device in (d for d in backend.devices if d in devices):
+                plain = Candidate(role, path, backend.name, device)
+                reason = backend.status(device)
+                if reason:
+                    missing.setdefault(plain.runtime, reason)
+                    continue
+                found.append(plain)
+                if describe(path).precision != "fp32":
+                    continue
+                for precision in backend.runtime_precisions:
+                    hinted = Candidate(role, path, backend.name, device, precision)
+                    reason = backend.precision_status(device, precision)
+                    if reason:
+                        missing.setdefault(hinted.runtime, reason)
+                    else:
+                        found.append(hinted)
+    return found, missing
+
+
 def run_parity(
     artifact_dir: Path,
     reference: References,
@@ -225,29 +295,22 @@ def run_parity(
     z: np.ndarray,
     devices: tuple[str, ...] = ("cpu", "cuda", "tensorrt"),
 ) -> ParityReport:
-    """Compare every artifact in artifact_dir, on every device of its backend asked for, against the reference.
+    """Compare every artifact in artifact_dir, on every runtime here that reads it, against the reference.
 
     images: float32 in the value range. A runtime this machine lacks is reported once, with the reason.
     """
     report = ParityReport(reference=reference[1].info.to_json(), n_images=len(images), n_latents=len(z))
-    missing: dict[str, tuple[str, list[str]]] = {}
-    itself = {(Path(r.info.path).resolve(), r.info.device) for r in reference}
-    for role, path in artifact_files(artifact_dir):
-        backend = backend_for(path)
-        for device in (d for d in backend.devices if d in devices):
-            runtime = f"{backend.label}-{device}"
-            reason = backend.status(device)
-            if reason:
-                missing.setdefault(runtime, (reason, []))[1].append(path.name)
-                continue
-            if (path.resolve(), device) in itself:
-                continue  # that is the reference itself
-            try:
-                candidate = backend.load(path, role, device)
-                _compare(reference, candidate, images, z, report)
-            except VaekitError as exc:
-                report.errors.append(f"{path.name} on {runtime}: {exc}")
-    report.skipped = [f"{rt}: {why} ({len(files)} artifact(s) not checked)" for rt, (why, files) in missing.items()]
+    itself = {(Path(r.info.path).resolve(), r.info.backend, r.info.device) for r in reference}
+    found, missing = candidates(artifact_dir, devices)
+    for c in found:
+        if (c.path.resolve(), BACKENDS[c.backend].label, c.device) in itself and c.precision is None:
+            continue  # that is the reference itself
+        options = {"precision": c.precision} if c.precision else {}
+        try:
+            _compare(reference, BACKENDS[c.backend].load(c.path, c.role, c.device, **options), images, z, report)
+        except VaekitError as exc:
+            report.errors.append(f"{c.path.name} on {c.runtime}: {exc}")
+    report.skipped = [f"{runtime}: {why}" for runtime, why in missing.items()]
     return report
 
 
@@ -260,7 +323,11 @@ def check_devices(devices: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def parity_of(
-    artifact_dir: Path, checkpoint: Path | None, data: str | None, devices: tuple[str, ...]
+    artifact_dir: Path,
+    checkpoint: Path | None,
+    data: str | None,
+    devices: tuple[str, ...],
+    reference_onnx: bool = False,
 ) -> tuple[ParityReport, ArtifactInfo]:
     """`vaekit parity`: every artifact in a directory against the reference, on the saved inputs (or --data)."""
     check_devices(devices)
@@ -268,7 +335,10 @@ def parity_of(
     info = describe(artifact_dir)
     images_u8, z = load_inputs(artifact_dir)
     if data:
+        if checkpoint is None and not reference_onnx:
+            raise UsageError("golden outputs cover only the saved parity inputs: with --data, pass --checkpoint")
         c, h, _ = info.image_shape
         images_u8 = load_data(data, h, c, limit=len(images_u8)).test
-    reference = load_reference(artifact_dir, checkpoint)
-    return run_parity(artifact_dir, reference, to_float(images_u8, info.value_range), z, devices), info
+    images = to_float(images_u8, info.value_range)
+    reference = load_reference(artifact_dir, checkpoint, images, z, reference_onnx)
+    return run_parity(artifact_dir, reference, images, z, devices), info

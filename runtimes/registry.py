@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import cast
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, Role, provenance, resolve
@@ -26,6 +26,7 @@ class Backend:
     suffixes: tuple[str, ...]  # artifact files it reads
     devices: tuple[str, ...]  # the first is its default
     summary: str
+    runtime_precisions: tuple[str, ...] = ()  # precisions it can run an fp32 graph in (a runtime-side hint)
 
     def _impl(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -35,10 +36,12 @@ class Backend:
         if not device:
             return self.devices[0]
         if device.split(":")[0] not in self.devices:
-            raise VaekitError(f"unknown device {device!r}: {self.summary} runs on {', '.join(self.devices)}")
+            raise VaekitError(
+                f"unknown device {device!r}: the {self.name} backend ({self.summary}) runs on {', '.join(self.devices)}"
+            )
         return device
 
-    def load(self, path: Path, role: Role, device: str = "", **options: Any) -> Encoder | Decoder:
+    def load(self, path: Path, role: Role, device: str = "", **options: object) -> Encoder | Decoder:
         loaded: Encoder | Decoder = self._impl().load(path, role, self.check_device(device), **options)
         return loaded
 
@@ -51,26 +54,43 @@ class Backend:
         reason: str = self._impl().status(self.check_device(device))
         return reason
 
+    def precision_status(self, device: str, precision: str) -> str:
+        """'' when this backend can run an fp32 graph in `precision` on `device` here, else why not."""
+        if precision not in self.runtime_precisions:
+            return f"the {self.name} backend takes precision from the graph"
+        reason: str = self._impl().precision_status(self.check_device(device), precision)
+        return reason
+
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend(
-            "pyt", "pytorch", "vaekit.runtimes.pyt", (CHECKPOINT_SUFFIX,), ("cpu", "cuda"), "PyTorch, the trained model"
-        ),
+        Backend("pyt", "pytorch", "vaekit.runtimes.pyt", (CHECKPOINT_SUFFIX,), ("cpu", "cuda"), "PyTorch", ("bf16",)),
         Backend(
             "onnxrt",
             "onnxruntime",
             "vaekit.runtimes.onnxrt",
             (ONNX_SUFFIX,),
-            ("cpu", "cuda", "tensorrt"),
-            "ONNX Runtime; tensorrt = its TensorRT execution provider",
+            ("cpu", "cuda", "tensorrt"),  # tensorrt: ONNX Runtime's TensorRT execution provider
+            "ONNX Runtime",
         ),
+        Backend("trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines"),
         Backend(
-            "trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines (.plan)"
+            "openvino",
+            "openvino",
+            "vaekit.runtimes.openvino",
+            (ONNX_SUFFIX,),
+            ("cpu", "gpu", "npu"),
+            "OpenVINO",
+            ("bf16", "fp16"),
         ),
     )
 }
+
+
+def backends_for(path: Path) -> list[Backend]:
+    """Every backend that reads this artifact, its default first."""
+    return [b for b in BACKENDS.values() if path.suffix.lower() in b.suffixes]
 
 
 def backend_for(path: Path, name: str | None = None) -> Backend:
@@ -92,14 +112,14 @@ def backend_for(path: Path, name: str | None = None) -> Backend:
     return found
 
 
-def load_encoder(path: Path | str, device: str = "", runtime: str | None = None, **options: Any) -> Encoder:
+def load_encoder(path: Path | str, device: str = "", runtime: str | None = None, **options: object) -> Encoder:
     """Load the encoder an artifact (file, run dir or artifact dir) holds, on the backend that reads it."""
     resolved = resolve(Path(path), "encoder")
     loaded = backend_for(resolved, runtime).load(resolved, "encoder", device, **options)
     return cast(Encoder, loaded)
 
 
-def load_decoder(path: Path | str, device: str = "", runtime: str | None = None, **options: Any) -> Decoder:
+def load_decoder(path: Path | str, device: str = "", runtime: str | None = None, **options: object) -> Decoder:
     resolved = resolve(Path(path), "decoder")
     loaded = backend_for(resolved, runtime).load(resolved, "decoder", device, **options)
     return cast(Decoder, loaded)
@@ -116,20 +136,26 @@ def runtime_status() -> dict[str, dict[str, str]]:
     return {b.name: {d: b.status(d) for d in b.devices} for b in BACKENDS.values()}
 
 
-def _open_checked(path: Path | str, role: Role, device: str, trust: bool) -> tuple[Encoder | Decoder, str]:
+def _open_checked(
+    path: Path | str, role: Role, device: str, trust: bool, runtime: str | None
+) -> tuple[Encoder | Decoder, str]:
     resolved = resolve(Path(path), role)
-    backend = backend_for(resolved)
+    backend = backend_for(resolved, runtime)
     origin = "" if resolved.suffix.lower() == CHECKPOINT_SUFFIX else provenance(resolved, trust)
     return backend.load(resolved, role, device), origin
 
 
-def open_encoder(path: Path | str, device: str = "", trust: bool = False) -> tuple[Encoder, str]:
+def open_encoder(
+    path: Path | str, device: str = "", trust: bool = False, runtime: str | None = None
+) -> tuple[Encoder, str]:
     """Load an encoder after checking it against the manifest beside it (refusing a hash mismatch unless
     trust); returns it with a line saying where it came from ('' for a checkpoint, which has no manifest)."""
-    loaded, origin = _open_checked(path, "encoder", device, trust)
+    loaded, origin = _open_checked(path, "encoder", device, trust, runtime)
     return cast(Encoder, loaded), origin
 
 
-def open_decoder(path: Path | str, device: str = "", trust: bool = False) -> tuple[Decoder, str]:
-    loaded, origin = _open_checked(path, "decoder", device, trust)
+def open_decoder(
+    path: Path | str, device: str = "", trust: bool = False, runtime: str | None = None
+) -> tuple[Decoder, str]:
+    loaded, origin = _open_checked(path, "decoder", device, trust, runtime)
     return cast(Decoder, loaded), origin

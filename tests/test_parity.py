@@ -16,6 +16,7 @@ from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
 from vaekit.runtimes import parity
 from vaekit.runtimes.parity import Tolerance, batch_sizes_for, fixed_latents, judge, metrics
+from vaekit.runtimes.registry import BACKENDS
 
 runner = CliRunner()
 
@@ -117,6 +118,13 @@ def test_export_refuses_success_when_parity_fails(
     assert not list(tmp_path.glob(".art.staging-*"))
 
 
-def test_parity_without_a_checkpoint_needs_something_to_compare(conv_art: Path) -> None:
-    result = runner.invoke(app, ["parity", str(conv_art), "--devices", "cpu"])
+def test_parity_without_a_checkpoint_needs_something_to_compare(
+    conv_art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for other in set(BACKENDS) - {"onnxrt"}:  # only the reference's own runtime is left
+        monkeypatch.delitem(BACKENDS, other)
+    art = tmp_path / "art"
+    shutil.copytree(conv_art, art)
+    (art / "decoder.cpu.onnx").unlink()  # and only the reference's own graphs
+    result = runner.invoke(app, ["parity", str(art), "--devices", "cpu", "--reference-onnx"])
     assert_one_line_error(result.exit_code, result.stderr, "nothing to compare")

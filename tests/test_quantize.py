@@ -80,7 +80,8 @@ def test_int8_graph_is_explicit_qdq_with_per_channel_weights(int8_art: tuple[Pat
 def test_int8_parity_within_the_int8_tolerances(int8_art: tuple[Path, dict[str, Any]], conv_run: Path) -> None:
     art, reports = int8_art
     images_u8, z = load_inputs(art)
-    report = run_parity(art, load_reference(art, conv_run), to_float(images_u8, (0.0, 1.0)), z, devices=("cpu",))
+    images = to_float(images_u8, (0.0, 1.0))
+    report = run_parity(art, load_reference(art, conv_run, images, z), images, z, devices=("cpu",))
     int8 = [c for c in report.cases if c.runtime.endswith("int8")]
     assert {c.output for c in int8} == {"mu", "log_var", "image", "image_stress"}
     assert all(c.passed for c in int8), [(c.output, c.broken) for c in int8]

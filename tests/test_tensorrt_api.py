@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OUR_FILES = (ROOT / "export" / "tensorrt.py", ROOT / "runtimes" / "trt.py")
+OUR_FILES = (ROOT / "export" / "tensorrt.py", ROOT / "runtimes" / "trt.py", ROOT / "runtimes" / "layerwise_capture.py")
 WHEELS = {"10.3": "tensorrt-cu12-bindings==10.3.0", "11.4": "tensorrt-cu12-bindings==11.4.0.106"}
 PLATFORMS = ("manylinux_2_17_x86_64", "manylinux_2_28_x86_64")  # any host can read an x86-64 module's names
 # Variables that hold TensorRT objects in our code; attributes read on them are TensorRT API.

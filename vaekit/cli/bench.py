@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -50,10 +50,13 @@ def bench(
     ] = "wall",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart of images/s here.")] = None,
+    record: Annotated[
+        bool, typer.Option("--record", help="Keep the fastest verified runtimes in the directory (--runtime auto).")
+    ] = False,
 ) -> None:
     """Latency (p50/p95), images/s, GFLOP/s vs this CPU's peak and peak memory of every runtime here."""
     from vaekit.runtimes.artifacts import artifact_dir_of
-    from vaekit.runtimes.bench import BenchSettings, run_bench
+    from vaekit.runtimes.bench import BenchSettings, Job, run_bench
     from vaekit.runtimes.pictures import bench_chart
 
     if not artifacts.is_dir():
@@ -72,8 +75,8 @@ def bench(
         checkpoint=str(checkpoint or ""),
     )
 
-    def progress(job: dict[str, Any], done: int, total: int) -> None:
-        err_console.print(f"[dim]{done}/{total} {job['runtime']} {job['graph']} {job['precision']}[/]", highlight=False)
+    def progress(job: Job, done: int, total: int) -> None:
+        err_console.print(f"[dim]{done}/{total} {job.runtime} {job.graph} {job.precision}[/]", highlight=False)
 
     report = run_bench(artifact_dir_of(artifacts), settings, progress)
     out_console.print(bench_table(report))
@@ -94,5 +97,15 @@ def bench(
 
         save_png(bench_chart(report), plot)
         wrote(plot)
+    for best in report.best:
+        out_console.print(
+            f"fastest verified {best['graph']} at batch {best['batch']}: {best['runtime']} {best['precision']} "
+            f"on {best['artifact']} ({best['p50_ms']} ms)",
+            highlight=False,
+        )
+    if record:
+        from vaekit.runtimes.fastest import record as keep
+
+        wrote(keep(artifact_dir_of(artifacts), report))
     if not any(r.p50_ms for r in report.rows):
         raise VaekitError("nothing was measured: every runtime is missing or failed (see the notes above)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 import typer
@@ -16,16 +16,45 @@ from vaekit.cli.tables import key_value_table, parity_table
 from vaekit.config import DEFAULT_ARTIFACTS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
+from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.parity import ParityReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
 ALL_DEVICES = "cpu,cuda,tensorrt"
+RUNTIME_HELP = "pyt, onnxrt, openvino, trt; auto: the fastest verified one `vaekit bench --record` measured here."
+
+
+def _auto(path: Path, role: str, trust: bool, batch: int) -> tuple[Encoder | Decoder, str]:
+    """The fastest verified runtime `vaekit bench --record` measured for this directory on this machine."""
+    from vaekit.runtimes.artifacts import artifact_dir_of, provenance
+    from vaekit.runtimes.fastest import load_fastest
+
+    loaded, why = load_fastest(artifact_dir_of(path), "encoder" if role == "encoder" else "decoder", batch)
+    return loaded, f"{why}; {provenance(Path(loaded.info.path), trust)}"
+
+
+def _decoder(path: Path, device: str | None, trust: bool, runtime: str | None, batch: int) -> tuple[Decoder, str]:
+    from vaekit.runtimes.registry import open_decoder
+
+    if runtime == "auto":
+        loaded, why = _auto(path, "decoder", trust, batch)
+        return cast(Decoder, loaded), why
+    return open_decoder(path, device or "", trust, runtime)
+
+
+def _encoder(path: Path, device: str | None, trust: bool, runtime: str | None, batch: int) -> tuple[Encoder, str]:
+    from vaekit.runtimes.registry import open_encoder
+
+    if runtime == "auto":
+        loaded, why = _auto(path, "encoder", trust, batch)
+        return cast(Encoder, loaded), why
+    return open_encoder(path, device or "", trust, runtime)
 
 
 def _print_report(report: ParityReport) -> None:
     out_console.print(parity_table(report))
-    for line in report.skipped:
-        out_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+    if report.skipped:  # one line: what this machine lacks
+        out_console.print(f"[yellow]not on this machine[/] {escape('; '.join(report.skipped))}", highlight=False)
     for line in report.errors:
         out_console.print(f"[red]error[/] {escape(line)}", highlight=False)
 
@@ -75,8 +104,11 @@ def export(
 def parity(
     artifacts: Annotated[Path, typer.Argument(help="Artifact directory written by `vaekit export`.")],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Reference run; default: the fp32 ONNX graphs on CPU.")
+        Path | None, typer.Option(help="Reference run; default: the golden outputs stored at export.")
     ] = None,
+    reference_onnx: Annotated[
+        bool, typer.Option("--reference-onnx", help="Judge against the fp32 ONNX graphs on CPU (no golden outputs).")
+    ] = False,
     data: Annotated[str | None, typer.Option(help="Images to encode; default: the ones saved at export.")] = None,
     devices: Annotated[str, typer.Option(help="Devices to try, comma separated.")] = ALL_DEVICES,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
@@ -91,7 +123,7 @@ def parity(
     from vaekit.runtimes.pictures import save_parity_png
 
     wanted = tuple(d.strip() for d in devices.split(",") if d.strip())
-    report, info = parity_of(artifacts, checkpoint, data, wanted)
+    report, info = parity_of(artifacts, checkpoint, data, wanted, reference_onnx)
     _print_report(report)
     picture = png or artifacts / PARITY_PNG
     if report.previews:
@@ -123,15 +155,15 @@ def generate(
     trust: Annotated[
         bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
     ] = False,
+    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")] = None,
 ) -> None:
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
     from vaekit.images import grid, save_png, upscale
     from vaekit.runtimes.generate import decode_all, picture_latents
-    from vaekit.runtimes.registry import open_decoder
 
     if n < 1:
         raise VaekitError(f"--n must be >= 1, got {n}")
-    decoder, origin = open_decoder(engine, device or "", trust)
+    decoder, origin = _decoder(engine, device, trust, runtime, n)
     if origin:
         note(origin)
     z, ncol, dims = picture_latents(decoder, n, seed, interpolate, traverse)
@@ -157,18 +189,18 @@ def reconstruct(
     trust: Annotated[
         bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
     ] = False,
+    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")] = None,
 ) -> None:
     """Encode real images to mu and decode them back, with any pair of artifacts."""
     from vaekit.data import load_data, to_float
     from vaekit.images import grid, labelled_rows, save_png, upscale
     from vaekit.runtimes.artifacts import load_inputs
     from vaekit.runtimes.generate import reconstruct as run_reconstruct
-    from vaekit.runtimes.registry import open_decoder, open_encoder
 
     if n < 1:
         raise VaekitError(f"--n must be >= 1, got {n}")
-    enc, enc_origin = open_encoder(encoder, device or "", trust)
-    dec, dec_origin = open_decoder(decoder, device or "", trust)
+    enc, enc_origin = _encoder(encoder, device, trust, runtime, n)
+    dec, dec_origin = _decoder(decoder, device, trust, runtime, n)
     for origin in (enc_origin, dec_origin):
         if origin:
             note(origin)

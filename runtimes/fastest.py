@@ -1,0 +1,63 @@
+"""The runtime chosen by measurement (`bench.pick_best`: per graph and batch size, the fastest runtime,
+precision and artifact whose parity against the golden outputs passed). `vaekit bench --record` keeps it
+in the artifact directory with the machine it was measured on; `--runtime auto` loads it. A row whose
+parity failed or was not run is never chosen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_text
+from vaekit.runtimes.artifacts import FASTEST, Role
+from vaekit.runtimes.base import Decoder, Encoder
+from vaekit.runtimes.bench import PEERS, BenchReport, load_peer
+from vaekit.runtimes.machine import cpu_model
+
+
+def record(artifact_dir: Path, report: BenchReport) -> Path:
+    """Keep the choice beside the artifacts, with the machine and threads it holds for."""
+    machine = {"cpu": report.machine["cpu"]["model"], "threads": report.machine["threads"]}
+    data = {"format": 1, "machine": machine, "date": report.machine["date"], "best": report.best}
+    path = artifact_dir / FASTEST
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _read(artifact_dir: Path) -> dict[str, Any]:
+    path = artifact_dir / FASTEST
+    how = f"measure it first: vaekit bench {artifact_dir} --record"
+    if not path.is_file():
+        raise VaekitError(f"--runtime auto: {artifact_dir} was never benchmarked on this machine; {how}")
+    try:
+        data = json.loads(path.read_text())
+        entries = [e for e in data["best"] if isinstance(e, dict)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise VaekitError(f"{path} is not a vaekit measurement ({exc}); {how}") from None
+    measured_on = str(data.get("machine", {}).get("cpu", ""))
+    if measured_on != cpu_model():
+        raise VaekitError(f"--runtime auto: {path} was measured on {measured_on!r}, not this CPU; {how}")
+    return {"best": entries}
+
+
+def choose(artifact_dir: Path, graph: Role, batch: int) -> dict[str, Any]:
+    """The recorded winner for this graph at the smallest measured batch >= `batch` (else the largest)."""
+    entries = [e for e in _read(artifact_dir)["best"] if e.get("graph") == graph and e.get("runtime") in PEERS]
+    if not entries:
+        raise VaekitError(f"--runtime auto: no verified {graph} runtime recorded in {artifact_dir / FASTEST}")
+    entries.sort(key=lambda e: int(e.get("batch", 0)))
+    return next((e for e in entries if int(e["batch"]) >= batch), entries[-1])
+
+
+def load_fastest(artifact_dir: Path, graph: Role, batch: int) -> tuple[Encoder | Decoder, str]:
+    """Load what `choose` picked; returns it with a line saying what it is and why."""
+    entry = choose(artifact_dir, graph, batch)
+    peer = PEERS[entry["runtime"]]
+    if peer.artifacts == "checkpoint":
+        raise VaekitError("--runtime auto picked a PyTorch peer: pass the run directory to use it")
+    path = artifact_dir / str(entry["artifact"])
+    loaded = load_peer(peer, path, graph, artifact_dir, None)
+    measured = f"{entry['p50_ms']} ms at batch {entry['batch']}, parity {entry['parity']}"
+    return loaded, f"--runtime auto: {entry['runtime']} {entry['precision']} on {path.name} ({measured})"
