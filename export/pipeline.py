@@ -33,6 +33,7 @@ from vaekit.export.onnx import export_onnx
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
 from vaekit.runtimes import pyt
 from vaekit.runtimes.artifacts import (
+    ONNX_SUFFIX,
     PARITY_INPUTS,
     PARITY_JSON,
     PARITY_PNG,
@@ -46,7 +47,7 @@ from vaekit.runtimes.artifacts import (
 from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.golden import save_golden
 from vaekit.runtimes.onnxrt import graph_metadata, read_graph
-from vaekit.runtimes.parity import ParityReport, fixed_latents, run_parity
+from vaekit.runtimes.parity import ParityReport, References, fixed_latents, run_parity
 from vaekit.runtimes.pictures import save_parity_png
 
 StepFn = Callable[[str, float], None]  # (step name, seconds) after each step
@@ -59,6 +60,7 @@ class ExportResult:
     report: ParityReport
     steps: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    diagnosis: str = ""  # when parity failed: the first layer that diverges, from the layerwise pass
 
     @property
     def passed(self) -> bool:
@@ -164,7 +166,24 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
         "details": result.details,
     }
     write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON})
+    if not result.report.passed:
+        result.diagnosis = step("layerwise", lambda: diagnose(staging, result.report, reference))
     return result
+
+
+def diagnose(staging: Path, report: ParityReport, reference: References) -> str:
+    """Run the layerwise pass on the first graph that broke a tolerance and name its first diverging layer."""
+    from vaekit.runtimes.layerwise import layerwise
+
+    broken = next((c for c in report.cases if c.broken), None)
+    if broken is None or not broken.path.endswith(ONNX_SUFFIX):
+        return ""
+    path = staging / broken.path
+    model = reference[0] if broken.output in ("mu", "log_var") else reference[1]
+    try:
+        return layerwise(path, model).summary()
+    except VaekitError as exc:
+        return f"layerwise pass failed: {exc}"
 
 
 def _images(run: Run, opts: ExportOptions) -> ImageData:

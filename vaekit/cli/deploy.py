@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import numpy as np
 import typer
@@ -18,6 +18,9 @@ from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.parity import ParityReport
+
+if TYPE_CHECKING:
+    from vaekit.runtimes.layerwise import LayerwiseReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
 ALL_DEVICES = "cpu,cuda,tensorrt"
@@ -94,8 +97,9 @@ def export(
     )
     _print_report(result.report)
     if not result.passed:
+        where = f"; {result.diagnosis}" if result.diagnosis else ""
         raise VaekitError(
-            f"parity failed: {out} left unchanged; the artifacts are kept in {result.out_dir} for inspection"
+            f"{result.report.failure()}{where}; {out} left unchanged, the artifacts are kept in {result.out_dir}"
         )
     out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
 
@@ -116,6 +120,10 @@ def parity(
         Path | None,
         typer.Option(help="Write reference | runtime | |diff| here.", show_default="parity.png in the directory"),
     ] = None,
+    layerwise: Annotated[
+        bool,
+        typer.Option("--layerwise", help="Compare every layer of each ONNX graph and name the first that diverges."),
+    ] = False,
 ) -> None:
     """Compare every artifact on every runtime here against the reference; exit 1 if a tolerance breaks."""
     from vaekit.runtimes.artifacts import PARITY_PNG
@@ -129,12 +137,50 @@ def parity(
     if report.previews:
         save_parity_png(report, info.value_range, picture)
         wrote(picture)
+    payload = report.to_json()
+    layers = _layerwise(artifacts, checkpoint) if layerwise else []
+    if layers:
+        first = next((r for r in layers if r.first_divergence), None)
+        payload["first_divergence"] = first.first_divergence if first else None
+        payload["layerwise"] = [r.to_json() for r in layers]
     if json_out:
-        atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
         wrote(json_out)
-    if not report.passed:
-        raise VaekitError(report.failure())
+    diverged = [r for r in layers if not r.passed]
+    if not report.passed or diverged:
+        raise VaekitError(report.failure() if not report.passed else f"layerwise: {diverged[0].summary()}")
     out_console.print(f"[green]parity passed[/] ({len(report.cases)} checks)")
+
+
+def _layerwise(artifacts: Path, checkpoint: Path | None) -> list[LayerwiseReport]:
+    """Every ONNX graph of the directory, layer by layer on ONNX Runtime CPU, against the PyTorch model (or,
+    without a checkpoint, the fp32 graph): a table each, an error-per-layer PNG each, the first divergence."""
+    from rich.table import Table
+
+    from vaekit.runtimes.artifacts import ONNX_SUFFIX, artifact_dir_of, artifact_files
+    from vaekit.runtimes.layerwise import COLUMNS
+    from vaekit.runtimes.layerwise import layerwise as compare_layers
+    from vaekit.runtimes.layerwise_png import save_layer_error_png
+
+    reports = []
+    directory = artifact_dir_of(artifacts)
+    for _, path in artifact_files(directory):
+        if path.suffix != ONNX_SUFFIX:
+            continue  # engines: marking their layers needs TensorRT on a GPU (runtimes/layerwise_capture.py)
+        report = compare_layers(path, checkpoint)
+        table = Table(title=f"{path.name} on {report.runtime} vs {report.reference}: {report.summary()}")
+        for column in COLUMNS:
+            table.add_column(column)
+        for row in report.rows():
+            table.add_row(*(escape(cell) for cell in row))
+        out_console.print(table)
+        for line in report.notes:
+            note(line)
+        picture = directory / f"layers.{path.stem}.png"
+        save_layer_error_png(report, picture)
+        wrote(picture)
+        reports.append(report)
+    return reports
 
 
 @command(DEPLOY_PANEL)
