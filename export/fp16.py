@@ -29,6 +29,7 @@ from onnx.reference import ReferenceEvaluator
 
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
+from vaekit.runtimes.layerwise_budget import node_budget
 from vaekit.runtimes.onnxrt import cpu_session, graph_metadata, read_graph
 from vaekit.runtimes.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
 
@@ -251,6 +252,19 @@ def verify(
     return result
 
 
+def _convert(model: onnx.ModelProto, blocked: set[str], io_types: dict[str, int]) -> onnx.ModelProto:
+    """The converter's fp16 graph with `blocked` nodes in fp32, its Casts repaired."""
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns for each tiny weight it clamps to its min positive value
+        converted = _converter().convert_float_to_float16(
+            converted, keep_io_types=True, node_block_list=sorted(blocked), max_finite_val=FP16_MAX
+        )
+    repair_casts(converted, io_types, {t.name: t for t in model.graph.initializer if t.data_type == FLOAT})
+    return converted
+
+
 def convert_fp16(
     src: Path, dst: Path, images: np.ndarray, z: np.ndarray, *, margin: float = HEADROOM_MARGIN
 ) -> dict[str, Any]:
@@ -277,14 +291,14 @@ def convert_fp16(
     ops = {n.name: n.op_type for n in model.graph.node}
     blocked = {name for name, peak in per_node.items() if peak > limit}
 
-    converted = onnx.ModelProto()
-    converted.CopyFrom(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns for each tiny weight it clamps to its min positive value
-        converted = _converter().convert_float_to_float16(
-            converted, keep_io_types=True, node_block_list=sorted(blocked), max_finite_val=FP16_MAX
-        )
-    repair_casts(converted, io_types, {t.name: t for t in model.graph.initializer if t.data_type == FLOAT})
+    converted = _convert(model, blocked, io_types)
+    # The precision budget: per-node error of the fp16 graph; a node breaking the fp16 row (or not finite)
+    # stays fp32 too, and the graph is converted again with it blocked.
+    budget = node_budget(model, converted, inputs, "fp16")
+    costly = {r.onnx_node for r in budget if (r.broken or r.nonfinite) and r.onnx_node in ops} - blocked
+    if costly:
+        blocked |= costly
+        converted = _convert(model, blocked, io_types)
     counts = check_types(converted, io_types, blocked)
     if counts["fp16"] == 0:
         raise VaekitError(
@@ -306,6 +320,12 @@ def convert_fp16(
             for n in sorted(blocked)
         ],
         "nodes": counts,
+        "kept_fp32_by_budget": sorted(costly),
+        "budget": [
+            {"node": r.onnx_node, "module": r.module, **{k: r.metrics[k] for k in ("max_abs", "rel")}}
+            for r in budget
+            if r.metrics
+        ],
         "vs_fp32": checks,
     }
     meta.update(

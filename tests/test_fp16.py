@@ -208,3 +208,12 @@ def test_conversion_needs_no_torch(fp16_export: tuple[Path, object], tmp_path: P
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) > 0 and (tmp_path / "d.onnx").is_file()
+
+
+def test_the_precision_budget_measures_every_fp16_node(fp16_export: tuple[Path, object]) -> None:
+    out, result = fp16_export
+    report = result.details["fp16"]["decoder"]  # type: ignore[attr-defined]
+    nodes = {n.name for n in onnx.load(out / "decoder.onnx").graph.node}
+    assert report["budget"] and {b["node"] for b in report["budget"]} <= nodes
+    assert all(0 <= b["max_abs"] < 0.05 for b in report["budget"])  # within the fp16 row: nothing kept
+    assert report["kept_fp32_by_budget"] == []
