@@ -222,7 +222,10 @@ def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray
 
 
 def verify(
-    model: onnx.ModelProto, converted: onnx.ModelProto, feed: dict[str, np.ndarray], value_range: Any
+    model: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    value_range: tuple[float, float],
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Compare the fp16 graph with the fp32 one, two ways, and refuse it when fp16 arithmetic breaks tolerance.
 
@@ -304,7 +307,8 @@ def convert_fp16(
         raise VaekitError(
             f"every node of {src.name} comes within {margin:g}x of fp16's range: an fp16 graph would compute in fp32"
         )
-    checks = verify(model, converted, feed, tuple(json.loads(meta.get("value_range", "[0, 1]"))))
+    lo, hi = json.loads(meta.get("value_range", "[0, 1]"))
+    checks = verify(model, converted, feed, (float(lo), float(hi)))
     fp16_nodes = {name: peak for name, peak in per_node.items() if name not in blocked}
     tightest = max(fp16_nodes, key=lambda n: fp16_nodes[n], default="")
     report: dict[str, Any] = {

@@ -13,8 +13,8 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
@@ -75,7 +75,7 @@ def graph_metadata(cfg: RunConfig, role: str, checkpoint_sha256: str, max_batch:
     }
 
 
-def _export_graph(module: nn.Module, example: torch.Tensor, role: str, max_batch: int) -> Any:
+def _export_graph(module: nn.Module, example: torch.Tensor, role: str, max_batch: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     inputs, outputs = [INPUT_NAME[role]], list(OUTPUT_NAMES[role])
     # The exporter logs about optional torchvision ops and deprecations on every call: not the user's concern.

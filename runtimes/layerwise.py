@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from vaekit.runtimes.layerwise_judge import (
 )
 from vaekit.runtimes.layerwise_map import output_units, scope_of, tensor_keys, units
 from vaekit.runtimes.registry import Backend, backend_for
+
+if TYPE_CHECKING:
+    import onnx
 
 NEEDS_EXPORT = (
     "layer mapping needs a vaekit export: {name} carries no torch.onnx node metadata; compared graph outputs only"
@@ -105,7 +108,7 @@ class LayerwiseReport:
         }
 
 
-def role_of(model: Any) -> Role:
+def role_of(model: onnx.ModelProto) -> Role:
     meta = {p.key: p.value for p in model.metadata_props}
     inputs = [i.name for i in model.graph.input]
     role = meta.get("role") or next((r for r in ROLES if [INPUT_NAME[r]] == inputs), None)

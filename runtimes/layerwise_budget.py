@@ -9,7 +9,7 @@ Needs numpy, onnx and onnxruntime only (an fp16 engine is built on devices witho
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,9 +18,12 @@ from vaekit.runtimes.layerwise_capture import run_marked
 from vaekit.runtimes.layerwise_judge import LayerResult, compare, groups_for
 from vaekit.runtimes.layerwise_map import follow_qdq, node_units
 
+if TYPE_CHECKING:
+    import onnx
+
 
 def node_budget(
-    reference: Any, candidate: Any, inputs: np.ndarray, precision: str, device: str = "cpu"
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, inputs: np.ndarray, precision: str, device: str = "cpu"
 ) -> list[LayerResult]:
     """Per-node error of a reduced-precision graph against the fp32 graph it was made from: the precision budget.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import ENGINE_SUFFIXES, read_sidecar
 from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.registry import Backend
+
+if TYPE_CHECKING:
+    import onnx
 
 Tensors = dict[str, np.ndarray]
 CaptureFn = Callable[[Path, str, list[str], np.ndarray], Tensors]
@@ -55,7 +58,7 @@ def runnable_model(path: Path, device: str = "cpu", rewrite: bool = True) -> tup
     return model, done
 
 
-def run_marked(model: Any, names: list[str], x: np.ndarray, session: Callable[[bytes], Any]) -> Tensors:
+def run_marked(model: onnx.ModelProto, names: list[str], x: np.ndarray, session: Callable[[bytes], Any]) -> Tensors:
     """Run `model` with the tensors `names` (those it has) added to its outputs; graph outputs come back too."""
     import onnx
 

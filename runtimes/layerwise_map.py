@@ -17,7 +17,10 @@ import ast
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 SCOPES = "pkg.torch.onnx.name_scopes"
 WRAPPER = "model."  # export/onnx.py's EncoderGraph/DecoderGraph hold the VAE as `self.model`
@@ -43,7 +46,7 @@ class Unit:
     output: str = ""  # the graph output it writes, if any
 
 
-def scope_of(node: Any) -> str | None:
+def scope_of(node: onnx.NodeProto) -> str | None:
     """The module path a node was exported from ("" for an op outside any module); None without metadata."""
     props = {p.key: p.value for p in node.metadata_props}
     if SCOPES not in props:
@@ -58,12 +61,12 @@ def scope_of(node: Any) -> str | None:
     return path.removeprefix(WRAPPER) if path.startswith(WRAPPER) else path
 
 
-def has_module_metadata(model: Any) -> bool:
+def has_module_metadata(model: onnx.ModelProto) -> bool:
     return any(scope_of(n) is not None for n in model.graph.node)
 
 
 class _Graph:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         self.nodes = list(model.graph.node)
         self.outputs = [o.name for o in model.graph.output]
         self.initializers = {t.name for t in model.graph.initializer}
@@ -97,7 +100,7 @@ class _Graph:
         return None
 
 
-def map_nodes(model: Any, names: dict[str, str] | None = None) -> dict[int, str | None]:
+def map_nodes(model: onnx.ModelProto, names: dict[str, str] | None = None) -> dict[int, str | None]:
     """Node index -> layer key (None: an op outside any layer, such as the encoder's flatten).
 
     names: tensor -> key of the fp32 graph this one was made from, for nodes that lost their metadata.
@@ -120,7 +123,7 @@ def map_nodes(model: Any, names: dict[str, str] | None = None) -> dict[int, str 
     return keys
 
 
-def tensor_keys(model: Any) -> dict[str, str]:
+def tensor_keys(model: onnx.ModelProto) -> dict[str, str]:
     """Tensor -> layer key for every tensor a layer writes: the name source for a graph made from this one."""
     nodes = list(model.graph.node)
     return {t: key for i, key in map_nodes(model).items() if key for t in nodes[i].output}
@@ -143,12 +146,12 @@ def _layer_inputs(g: _Graph, keys: dict[int, str | None], key: str, members: lis
     return tuple(found)
 
 
-def _named_node(g: _Graph, members: list[int]) -> Any:
+def _named_node(g: _Graph, members: list[int]) -> onnx.NodeProto:
     computing = [i for i in members if g.nodes[i].op_type not in CONVERSIONS | DATA_MOVEMENT | {"Constant"}]
     return g.nodes[(computing or members)[-1]]
 
 
-def units(model: Any, names: dict[str, str] | None = None) -> list[Unit]:
+def units(model: onnx.ModelProto, names: dict[str, str] | None = None) -> list[Unit]:
     """The layers of a graph in the order their outputs are computed (empty: no node carries module metadata
     and there is no fp32 graph to name its tensors)."""
     if not has_module_metadata(model) and not names:
@@ -181,7 +184,7 @@ def units(model: Any, names: dict[str, str] | None = None) -> list[Unit]:
     return found
 
 
-def output_units(model: Any) -> list[Unit]:
+def output_units(model: onnx.ModelProto) -> list[Unit]:
     """One unit per graph output, for a graph whose layers cannot be named (not exported by vaekit)."""
     g = _Graph(model)
     found = []
@@ -193,7 +196,7 @@ def output_units(model: Any) -> list[Unit]:
     return found
 
 
-def follow_qdq(model: Any, tensors: list[str]) -> dict[str, str]:
+def follow_qdq(model: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
     """Tensor -> the tensor its readers see in a Q/DQ graph: through QuantizeLinear -> DequantizeLinear pairs."""
     g = _Graph(model)
 
@@ -213,7 +216,7 @@ def follow_qdq(model: Any, tensors: list[str]) -> dict[str, str]:
     return found
 
 
-def node_units(model: Any) -> list[Unit]:
+def node_units(model: onnx.ModelProto) -> list[Unit]:
     """Every computing node as its own unit, keyed by node name: the precision budget's granularity
     (fp16 block lists and int8 exclusion lists name nodes)."""
     g = _Graph(model)
