@@ -39,6 +39,7 @@ from vaekit.runtimes.artifacts import (
     PARITY_PNG,
     PRECISIONS,
     PUBLISHED,
+    WEB_DIR,
     cpu_graph_name,
     is_artifact_dir,
     onnx_name,
@@ -271,6 +272,8 @@ def publish(staging: Path, out: Path) -> None:
         for old in out.glob(pattern):
             if old.name not in fresh:
                 old.unlink()
+    if (out / WEB_DIR).is_dir():  # a browser bundle of the older graphs: `--web` builds a new one
+        shutil.rmtree(out / WEB_DIR)
     for item in staging.iterdir():
         if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
             shutil.rmtree(item)

@@ -38,6 +38,7 @@ PARITY_PNG = "parity.png"
 PARITY_INPUTS = "parity_inputs.npz"
 GOLDEN_OUTPUTS = "golden_outputs.npz"  # the PyTorch fp32 model's outputs for the parity inputs
 FASTEST = "fastest.json"  # the fastest verified runtime per graph and batch, as measured by `vaekit bench`
+WEB_DIR = "web"  # the browser bundle's folder in an artifact directory
 CPU_SUFFIX = ".cpu"  # decoder.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, for plain ONNX Runtime
 SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json
 TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds

@@ -177,3 +177,26 @@ def load(
 
 def describe(path: Path) -> ArtifactInfo:
     return dataclasses.replace(describe_onnx(path), backend=LABEL)
+
+
+def capture_tensors(
+    path: Path, device: str, names: list[str], x: np.ndarray, threads: int | None = None, precision: str | None = None
+) -> dict[str, np.ndarray]:
+    """OpenVINO's values of the tensors `names` (those its graph still has after reading the ONNX file) and of
+    the graph outputs, for layerwise parity: the tensors become extra model outputs before compiling, which
+    can keep OpenVINO from fusing across them (its graph outputs are compared as computed either way)."""
+    info = load_info(path, device)
+    computes = _precision(info, precision, device)
+    core = _core()
+    model = core.read_model(str(path))
+    known = {name for op in model.get_ops() for out in op.outputs() for name in out.get_names()}
+    wanted = [n for n in dict.fromkeys(names) if n in known]
+    if wanted:
+        model.add_outputs(wanted)
+    compiled = core.compile_model(model, DEVICE_NAMES[device], _config(computes, threads, None))
+    results = compiled.create_infer_request().infer({INPUT_NAME[info.role]: x})
+    found: dict[str, np.ndarray] = {}
+    for out in compiled.outputs:
+        for name in out.get_names():
+            found[name] = np.asarray(results[out], dtype=np.float32)
+    return found

@@ -84,6 +84,14 @@ BACKENDS: dict[str, Backend] = {
             "OpenVINO",
             ("bf16", "fp16"),
         ),
+        Backend(
+            "browser",
+            "onnxruntime-web",
+            "vaekit.runtimes.browser",
+            (ONNX_SUFFIX,),
+            ("wasm",),
+            "ONNX Runtime Web in Chromium",
+        ),
     )
 }
 

@@ -85,3 +85,23 @@ def test_without_openvino_the_backend_says_which_extra(conv_art: Path) -> None:
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "openvino not installed (pip install 'vaekit[openvino]')", out.stderr
     assert lines[1].startswith("VaekitError") and "vaekit[openvino]" in lines[1]
+
+
+def test_layerwise_marks_openvino_tensors_and_names_a_broken_layer(
+    conv_run: Path, conv_art: Path, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from vaekit.runtimes.layerwise import layerwise
+
+    report = layerwise(conv_art / "decoder.onnx", conv_run, runtime="openvino")
+    compared = [layer for layer in report.layers if layer.metrics]
+    assert report.passed and len(compared) > 2 and not report.notes  # intermediate layers, not outputs only
+    model = onnx.load(str(conv_art / "decoder.onnx"))
+    weight = next(t for t in model.graph.initializer if t.name.startswith("model.final_layer.3"))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
+    onnx.save(model, str(tmp_path / "decoder.onnx"))
+    _, z = load_inputs(conv_art)
+    broken = layerwise(tmp_path / "decoder.onnx", conv_run, inputs=z, runtime="openvino")
+    assert broken.first_divergence is not None and broken.first_divergence["module"] == "final_layer.3"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from vaekit.runtimes.layerwise import LayerwiseReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
-ALL_DEVICES = "cpu,cuda,tensorrt"
+ALL_DEVICES = "cpu,cuda,tensorrt,wasm"
 RUNTIME_HELP = "pyt, onnxrt, openvino, trt; auto: the fastest verified one `vaekit bench --record` measured here."
 
 
@@ -81,6 +81,13 @@ def export(
     ] = False,
     data: Annotated[str | None, typer.Option(help="Images for parity/calibration; default: the run's data.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out.")] = False,
+    web: Annotated[
+        bool,
+        typer.Option("--web", help="Also write web/: the latent-space explorer page, the graphs, ONNX Runtime Web."),
+    ] = False,
+    web_runtime_dir: Annotated[
+        Path | None, typer.Option(help="With --web: ONNX Runtime Web's files from this folder, not the npm registry.")
+    ] = None,
 ) -> None:
     """Write encoder.onnx + decoder.onnx (+ fp16/int8 graphs, + .plan engines), then prove them by parity."""
     from vaekit.export.pipeline import ExportOptions, export_artifacts
@@ -102,6 +109,10 @@ def export(
             f"{result.report.failure()}{where}; {out} left unchanged, the artifacts are kept in {result.out_dir}"
         )
     out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
+    if web:
+        from vaekit.export.web import build_bundle
+
+        wrote(build_bundle(out, web_runtime_dir), f" (vaekit view {out} serves it)")
 
 
 @command(DEPLOY_PANEL)

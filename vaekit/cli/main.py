@@ -6,7 +6,7 @@ import importlib
 
 from vaekit.cli.app import app
 
-COMMAND_MODULES = ("learn", "deploy", "engines", "bench")  # importing each registers its commands on `app`
+COMMAND_MODULES = ("learn", "deploy", "engines", "bench", "web")  # importing each registers its commands on `app`
 for _module in COMMAND_MODULES:
     importlib.import_module(f"vaekit.cli.{_module}")
 

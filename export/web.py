@@ -1,0 +1,81 @@
+"""Publish an artifact directory's web bundle: `web/` with the page, the graphs and ONNX Runtime Web.
+
+The files are assembled by `vaekit.runtimes.web_bundle` (the browser backend runs the same set); this step
+owns writing them: into a temp folder beside `web/`, then one rename, so a failed fetch, a hash mismatch
+or a full disk leaves the previous bundle (or none), never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vaekit.errors import VaekitError
+from vaekit.fsutil import atomic_write_bytes
+from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name
+from vaekit.runtimes.web_bundle import Files, bundle_files, runtime_files
+
+PAGE_DIR = Path(__file__).with_name(WEB_DIR)  # package data: index.html, app.js, style.css
+
+
+def build_bundle(artifact_dir: Path, runtime_dir: Path | None = None) -> Path:
+    """Write `artifact_dir/web/` (replacing an older bundle) and return it.
+
+    runtime_dir: a folder holding ONNX Runtime Web's files; default: the pinned npm tarball, verified and
+    cached (only the first build needs the network).
+    """
+    artifact_dir = artifact_dir_of(Path(artifact_dir))
+    runtime = runtime_files(runtime_dir)
+    files = bundle_files(graph_for_the_web(artifact_dir, "decoder"), _encoder(artifact_dir), runtime, PAGE_DIR)
+    return publish(files, artifact_dir / WEB_DIR)
+
+
+def graph_for_the_web(artifact_dir: Path, role: Role) -> Path:
+    """The CPU graph when the export wrote one, else the portable fp32 graph.
+
+    ONNX Runtime Web's wasm backend is ONNX Runtime's CPU provider compiled to WebAssembly, so the exact
+    CPU rewrites that export proved by parity (ConvTranspose as Conv + DepthToSpace) speed it up as well.
+    """
+    cpu = artifact_dir / cpu_graph_name(role)
+    return cpu if cpu.is_file() else artifact_dir / onnx_name(role)
+
+
+def _encoder(artifact_dir: Path) -> Path | None:
+    graph = graph_for_the_web(artifact_dir, "encoder")
+    return graph if graph.is_file() else None
+
+
+def publish(files: Files, target: Path) -> Path:
+    """Write every file into a temp folder beside `target`, then swap it in."""
+    try:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise VaekitError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        for name, content in files.items():
+            atomic_write_bytes(staging / name, content if isinstance(content, bytes) else content.read_bytes())
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; a bundle is for serving
+        _swap(staging, target)
+    except OSError as exc:
+        raise VaekitError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the swap succeeded
+    return target
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Put `staging` at `target`; an older bundle is moved aside first and removed after."""
+    old = target.with_name(f".{target.name}.old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rename(old, target)  # put the previous bundle back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
