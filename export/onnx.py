@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from vaekit.export.graph import finalize, set_metadata
 from vaekit.model import VAE
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, onnx_name
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the exporter colours its messages for terminals
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10.x/11.x parsers
 
 
@@ -95,10 +97,25 @@ def _export_graph(module: nn.Module, example: torch.Tensor, role: str, max_batch
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the graph could not be traced
-        raise VaekitError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
+        if _interrupted(exc):  # Ctrl-C inside the exporter comes back wrapped in its own error type
+            raise KeyboardInterrupt from None
+        first = ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VaekitError(f"torch.onnx.export failed: {first}") from None
     if program is None:
         raise VaekitError("torch.onnx.export returned no program")
     return program.model_proto
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in the exception's cause or context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def export_onnx(run: Run, out_dir: Path, max_batch: int) -> dict[str, Path]:

@@ -47,6 +47,19 @@ class ArtifactInfo:
         return asdict(self)
 
 
+# Metadata `vaekit info` shows beside the shapes: provenance, and what a precision graph kept or rewrote.
+DESCRIBED = (
+    "vaekit_version",
+    "export_time",
+    "opset",
+    "tensorrt_version",
+    "graph",
+    "cpu_rewrites",
+    "fp16_blocked_nodes",
+    "fp16_min_headroom",
+)
+
+
 def metadata_to_info(meta: dict[str, str], *, backend: str, device: str, path: str) -> ArtifactInfo:
     """Rebuild ArtifactInfo from the string metadata stored in an ONNX graph or an engine sidecar."""
     try:
@@ -67,9 +80,7 @@ def metadata_to_info(meta: dict[str, str], *, backend: str, device: str, path: s
             max_batch=int(meta["max_batch"]),
             source_sha256=meta.get("checkpoint_sha256", ""),
             path=path,
-            extra={
-                k: v for k, v in meta.items() if k in ("vaekit_version", "export_time", "opset", "tensorrt_version")
-            },
+            extra={k: v for k, v in meta.items() if k in DESCRIBED},
         )
     except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError) as exc:
         raise VaekitError(f"{path} is not a vaekit artifact: its metadata is missing or bad ({exc})") from None

@@ -324,7 +324,8 @@ def load(
     return BrowserDecoder(runner) if role == "decoder" else BrowserEncoder(runner)
 
 
-def describe(path: Path) -> ArtifactInfo:
+def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
+    """The graph's own metadata (role: only a checkpoint holds both halves; a graph describes its own)."""
     from vaekit.runtimes.onnxrt import load_info
 
     return dataclasses.replace(load_info(path), backend=LABEL, device="wasm")

@@ -5,17 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 
 from vaekit.errors import VaekitError
+from vaekit.images import picture, prior_latents, sample_picture
 from vaekit.runtimes.base import Decoder, Encoder, in_batches
 
 TRAVERSE_SPAN = 3.0  # traversals sweep each latent over [-3, 3] standard deviations of the prior
-
-
-def prior_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
-    if n < 1:
-        raise VaekitError(f"--n must be >= 1, got {n}")
-    return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
+__all__ = ["prior_latents"]  # core's one rule for the latents of sample pictures, re-exported for callers here
 
 
 def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
@@ -110,3 +107,17 @@ def picture_latents(
         z, dims = traversal_latents(decoder, max(1, n // traverse), traverse)
         return z, traverse, dims
     return prior_latents(n, d, seed), None, []
+
+
+def generate_picture(
+    images: np.ndarray, value_range: tuple[float, float], seed: int, ncol: int | None, dims: list[int]
+) -> Image.Image:
+    """What `vaekit generate` writes for picture_latents' output: samples as training's samples.png draws
+    them (same seed, same picture), or titled rows of interpolations, or traversals labelled "dim 3"."""
+    if dims:
+        span = f"[-{TRAVERSE_SPAN:g}, {TRAVERSE_SPAN:g}]"
+        title = f"traversals: each row moves one latent dimension over {span}, the others stay 0"
+        return picture(images, value_range, title, ncol, [f"dim {d}" for d in dims])
+    if ncol:
+        return picture(images, value_range, f"interpolations (slerp) between pairs of prior samples, seed {seed}", ncol)
+    return sample_picture(images, value_range, seed)

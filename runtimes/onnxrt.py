@@ -240,5 +240,6 @@ def load(path: Path, role: Role, device: str, threads: int | None = None, rewrit
     return cls(path, device, threads, rewrite=rewrite)
 
 
-def describe(path: Path) -> ArtifactInfo:
+def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
+    """The graph's own metadata (role: only a checkpoint holds both halves; a graph describes its own)."""
     return load_info(path)

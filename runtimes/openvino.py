@@ -175,7 +175,8 @@ def load(
     return OvEncoder(runner) if role == "encoder" else OvDecoder(runner)
 
 
-def describe(path: Path) -> ArtifactInfo:
+def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
+    """The graph's own metadata (role: only a checkpoint holds both halves; a graph describes its own)."""
     return dataclasses.replace(describe_onnx(path), backend=LABEL)
 
 

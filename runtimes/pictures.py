@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vaekit.images import SERIES_COLOURS, grid, labelled_rows, save_png, upscale
+from vaekit.images import (
+    RED,
+    SERIES_COLOURS,
+    enlarge,
+    frame_tiles,
+    grid,
+    labelled_rows,
+    save_image,
+    scale_to_width,
+    titled,
+)
 from vaekit.runtimes.bench import BenchReport
-from vaekit.runtimes.parity import ParityReport
+from vaekit.runtimes.parity import ParityReport, fixed_latents, typical_rows
 
 PREVIEW_IMAGES = 16
 # The images module's four series colours, then four more: one colour per runtime + precision in a chart.
@@ -18,24 +28,41 @@ COLOURS = (*SERIES_COLOURS, (148, 103, 189), (140, 86, 75), (227, 119, 194), (12
 
 
 def save_parity_png(report: ParityReport, value_range: tuple[float, float], path: Path) -> None:
-    """One block per runtime: reference decodes, the runtime's decodes, and |difference| stretched to full scale."""
-    rows = []
+    """One block per runtime: reference decodes, the runtime's decodes, and |difference| stretched to full
+    scale; the tiles of stress latents (|z| = 4 in every dimension: fixed_latents puts +4, -4 and +-4
+    first) are framed in red, as the title says, since they look nothing like data."""
+    rows, stress = [], np.zeros(0, dtype=bool)
     for name, (ref, got) in report.previews.items():
         ref, got = ref[:PREVIEW_IMAGES], got[:PREVIEW_IMAGES]
+        stress = _stress_tiles(report, len(ref))
         diff = np.abs(got - ref)
         peak = float(diff.max())
         lo, hi = value_range
         stretched = lo + diff / (peak if peak > 0 else 1.0) * (hi - lo)
         rows += [
-            (f"reference ({report.reference.get('backend', '')})", grid(ref, value_range, ncol=PREVIEW_IMAGES)),
-            (name, grid(got, value_range, ncol=PREVIEW_IMAGES)),
-            (
-                f"|difference| x{1 / peak if peak > 0 else 1:.3g} (max {peak:.2e})",
-                grid(stretched, value_range, ncol=PREVIEW_IMAGES),
-            ),
+            (f"reference ({report.reference.get('backend', '')})", ref),
+            (name, got),
+            (f"|difference| x{1 / peak if peak > 0 else 1:.3g} (max {peak:.2e})", stretched),
         ]
-    if rows:
-        save_png(upscale(labelled_rows(rows), 512), path)
+    if not rows:
+        return
+    tile = rows[0][1].shape[2:]
+    scale = scale_to_width(grid(rows[0][1], value_range, PREVIEW_IMAGES))
+    marked = [
+        (label, frame_tiles(enlarge(grid(x, value_range, PREVIEW_IMAGES), scale), np.flatnonzero(stress).tolist(),
+                            PREVIEW_IMAGES, (tile[0], tile[1]), scale, RED))
+        for label, x in rows
+    ]  # fmt: skip
+    title = "parity: reference | runtime | |difference|; red frame: stress latent (|z| = 4 in every dimension)"
+    save_image(titled(labelled_rows(marked), title), path)
+
+
+def _stress_tiles(report: ParityReport, n: int) -> np.ndarray:
+    """Which of the first n parity latents are stress latents (the rows parity judges as image_stress)."""
+    latent_dim = int(report.reference.get("latent_dim", 0))
+    if latent_dim < 1:
+        return np.zeros(n, dtype=bool)
+    return ~typical_rows(fixed_latents(max(n, report.n_latents), latent_dim))[:n]
 
 
 def bench_chart(report: BenchReport) -> Image.Image:

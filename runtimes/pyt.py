@@ -154,12 +154,12 @@ def load(
     return encoder if role == "encoder" else decoder
 
 
-def describe(path: Path) -> ArtifactInfo:
+def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
     _require("cpu")
     from vaekit.checkpoint import load_run
 
     run = load_run(path)
-    return model_info(run.cfg, "decoder", "cpu", run.sha256, str(path))
+    return model_info(run.cfg, role, "cpu", run.sha256, str(path))
 
 
 def capture_modules(

@@ -45,8 +45,8 @@ class Backend:
         loaded: Encoder | Decoder = self._impl().load(path, role, self.check_device(device), **options)
         return loaded
 
-    def describe(self, path: Path) -> ArtifactInfo:
-        info: ArtifactInfo = self._impl().describe(path)
+    def describe(self, path: Path, role: Role = "decoder") -> ArtifactInfo:
+        info: ArtifactInfo = self._impl().describe(path, role)
         return info
 
     def status(self, device: str = "") -> str:
@@ -136,7 +136,7 @@ def load_decoder(path: Path | str, device: str = "", runtime: str | None = None,
 def describe(path: Path | str, role: Role = "decoder") -> ArtifactInfo:
     """What an artifact is, read from its metadata alone (no session, no engine, no GPU)."""
     resolved = resolve(Path(path), role)
-    return backend_for(resolved).describe(resolved)
+    return backend_for(resolved).describe(resolved, role)
 
 
 def runtime_status() -> dict[str, dict[str, str]]:

@@ -270,5 +270,6 @@ def load(path: Path, role: Role, device: str) -> Encoder | Decoder:
     return TrtEncoder(path, device) if role == "encoder" else TrtDecoder(path, device)
 
 
-def describe(path: Path) -> ArtifactInfo:
+def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
+    """The graph's own metadata (role: only a checkpoint holds both halves; a graph describes its own)."""
     return load_info(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import numpy as np
 import typer
@@ -108,11 +108,32 @@ def export(
         raise VaekitError(
             f"{result.report.failure()}{where}; {out} left unchanged, the artifacts are kept in {result.out_dir}"
         )
+    for line in _graph_notes(result.details):
+        note(line)
     out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
     if web:
         from vaekit.export.web import build_bundle
 
         wrote(build_bundle(out, web_runtime_dir), f" (vaekit view {out} serves it)")
+
+
+def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per derived graph: what the fp16 headroom, int8 calibration and CPU rewrites decided."""
+    lines = []
+    for role, rewrites in details.get("cpu_graphs", {}).items():
+        lines.append(f"{role}.cpu.onnx: {'; '.join(rewrites)}")
+    for r in details.get("fp16", {}).values():
+        kept = ", ".join([b["node"] for b in r["blocked"]] + r.get("kept_fp32_by_budget", [])) or "none"
+        lines.append(
+            f"{r['file']}: {r['nodes']['fp16']} nodes fp16, kept fp32: {kept}; "
+            f"min headroom {r['min_headroom_fp16']:g}x below 65504 ({r['tightest_fp16_node'] or '-'})"
+        )
+    for r in details.get("int8", {}).values():
+        kept = ", ".join(r["fp32_layers"]) or "none"
+        lines.append(
+            f"{r['file']}: {r['quantized_layers']} layers int8, kept float: {kept}; calibration: {r['calibration']}"
+        )
+    return lines
 
 
 @command(DEPLOY_PANEL)
@@ -283,7 +304,12 @@ def info(
     from vaekit.runtimes.machine import machine_report
     from vaekit.runtimes.registry import describe
 
-    data = describe(artifact).to_json() if artifact is not None else machine_report()
+    if artifact is None:
+        data = machine_report()
+    elif artifact.is_dir():  # a run or an export: both halves
+        data = {role: describe(artifact, role).to_json() for role in ("encoder", "decoder")}
+    else:
+        data = describe(artifact).to_json()
     if as_json:
         print(json.dumps(data, indent=2))
         return
