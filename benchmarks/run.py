@@ -90,7 +90,7 @@ def _row(r: Any) -> str:
     pct = "" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f}%"
     return (
         f"| {r.runtime} | {r.precision} | {r.batch} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.images_per_s:,.0f} "
-        f"| {r.gflops:.1f} | {pct} | {r.peak_rss_mb:.0f} |"
+        f"| {r.gflops:.1f} | {pct} | {r.peak_rss_mb:.0f} | {r.parity[:30]} |"
     )
 
 
@@ -177,7 +177,8 @@ def _pass(title: str, report: BenchReport, psnr: float | None, big: int) -> list
         f"## {title}",
         "",
         f"- {m['threads']} thread(s) pinned, {report.settings['clock']} clock, {report.settings['rounds']} round(s);"
-        f" fp32 peak {cpu['peak_gflops']} GFLOP/s ({cpu['cores']} x {cpu['clock_ghz']} GHz x {cpu['flop_per_cycle']});"
+        f" peaks (G)FLOP/s {', '.join(f'{p} {v:g}' for p, v in cpu['peaks'].items())} ({cpu['cores']} x"
+        f" {cpu['clock_ghz']} GHz; {', '.join(f'{p}: {u}' for p, u in cpu['peak_units'].items())});"
         f" ONNX Runtime's own fp32 GEMM (1024^3) reached {cpu.get('gemm_gflops', 'n/a')} GFLOP/s",
         f"- load average at start {m['load_average']}; other processes used up to {busy:.0%} of the CPUs"
         + (" (not a quiet machine's numbers)" if busy > 0.1 else ""),
@@ -190,8 +191,8 @@ def _pass(title: str, report: BenchReport, psnr: float | None, big: int) -> list
         lines += [
             f"### {graph}",
             "",
-            "| runtime | precision | batch | p50 ms | p95 ms | images/s | GFLOP/s | % fp32 peak | peak MB |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| runtime | precision | batch | p50 ms | p95 ms | images/s | GFLOP/s | % peak (its precision) | peak MB | parity |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
             *[_row(r) for r in sorted(measured, key=lambda r: (r.batch, r.runtime, r.precision))],
             "",
         ]
