@@ -191,7 +191,7 @@ def _pass(title: str, report: BenchReport, psnr: float | None, big: int) -> list
         lines += [
             f"### {graph}",
             "",
-            "| runtime | precision | batch | p50 ms | p95 ms | images/s | GFLOP/s | % peak (its precision) | peak MB | parity |",
+            "| runtime | precision | batch | p50 ms | p95 ms | images/s | GFLOP/s | % peak | peak MB | parity |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
             *[_row(r) for r in sorted(measured, key=lambda r: (r.batch, r.runtime, r.precision))],
             "",
