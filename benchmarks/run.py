@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from vaekit.checkpoint import save_config
 from vaekit.config import MODEL_FILE, ModelConfig, RunConfig, TrainConfig
 from vaekit.export.pipeline import export_artifacts
-from vaekit.images import save_png
+from vaekit.images import save_image
 from vaekit.model import build_model
 from vaekit.runtimes.bench import DEFAULT_RUNTIMES, BenchReport, BenchSettings, Job, run_bench
 from vaekit.runtimes.pictures import bench_chart
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity": result.report.to_json(),
         }
         (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        save_png(bench_chart(passes[0][1]), args.out / "bench.png")
+        save_image(bench_chart(passes[0][1]), args.out / "bench.png")
     print(f"wrote {args.out / 'RESULTS.md'}", file=sys.stderr)
     return 0
 

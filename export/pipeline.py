@@ -30,7 +30,7 @@ from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace
 from vaekit.runtimes import pyt
 from vaekit.runtimes.artifacts import (
     ONNX_SUFFIX,
@@ -110,7 +110,7 @@ def check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
     """Refuse an output that overlaps the checkpoint's run, or an existing export without --overwrite."""
     check_output_dir(out, [checkpoint if checkpoint.is_dir() else checkpoint.parent])
     if is_artifact_dir(out) and not overwrite:
-        raise VaekitError(f"{out} already holds an export: pass --overwrite to replace it")
+        raise refuse_to_replace(out, "an export")  # in the words `train` uses
 
 
 def export_artifacts(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vaekit.images import save_png
+from vaekit.images import save_image
 from vaekit.runtimes.layerwise import LayerwiseReport
 
 ROW, LABEL_WIDTH, BAR_WIDTH, TOP, BOTTOM = 18, 260, 420, 34, 30
@@ -71,4 +71,4 @@ def layer_error_png(report: LayerwiseReport) -> Image.Image:
 
 
 def save_layer_error_png(report: LayerwiseReport, path: Path) -> None:
-    save_png(layer_error_png(report), path)
+    save_image(layer_error_png(report), path)

@@ -49,3 +49,14 @@ def test_config_that_does_not_match_the_weights(conv_run: Path, tmp_path: Path) 
 def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(VaekitError, match="not found"):
         load_model(tmp_path / "nope")
+
+
+def test_an_artifact_directory_or_graph_given_as_checkpoint(tmp_path: Path) -> None:
+    """The mistake named, not "config.json not found": export wrote it, train did not."""
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "decoder.onnx").write_bytes(b"onnx")
+    with pytest.raises(VaekitError, match=f"{art} is an artifact directory, not a run directory: give the --out"):
+        load_model(art)
+    with pytest.raises(VaekitError, match=r"decoder.onnx is not a checkpoint \(it is an exported graph\)"):
+        load_model(art / "decoder.onnx")

@@ -104,3 +104,26 @@ def test_corrupt_checkpoint_via_cli(conv_run: Path, tmp_path: Path) -> None:
     assert_one_line_error(code, err, "corrupt or truncated")
     code, _, err = run("train", "--out", str(run_dir), "--resume", "--lr", "0.1")
     assert_one_line_error(code, err, "drop --lr")
+
+
+def _help(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_train_help_fits_a_screen_at_80_columns() -> None:
+    lines = _help("train").splitlines()
+    assert len(lines) <= 45, len(lines)  # was 101, then 61 before the panels and one-line help strings
+    assert max(len(line) for line in lines) <= 80
+    for panel in ("Options", "Model", "Loss", "Optimizer"):
+        assert f"─ {panel} ─" in "\n".join(lines), panel
+
+
+def test_no_flag_shows_a_value_placeholder() -> None:
+    commands = [c.name or "" for c in app.registered_commands]
+    assert {"train", "export", "generate", "bench"} <= set(commands)
+    for command in ["", *commands]:
+        text = _help(*([command] if command else []))
+        assert "<bool>" not in text, command
+    assert "<int>" in _help("train")  # options that take a value still say what kind

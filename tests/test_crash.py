@@ -1,13 +1,17 @@
-"""Crash safety: SIGKILL mid-epoch then --resume, atomic writes under SIGKILL, the run lock, the NaN guard."""
+"""Crash safety: SIGKILL mid-epoch then --resume, Ctrl-C then the command it suggests, atomic writes under SIGKILL,
+the run lock, the NaN guard."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +130,76 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     assert [r["epoch"] for r in metrics(full)] == [1, 2]
     a, b = load_file(str(crashed / "model.safetensors")), load_file(str(full / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in b)
+
+
+# The tiny digits setup: 26 steps an epoch, about a second each on one core, long enough to be interrupted.
+TINY_DIGITS = ["--image-size", "16", "--latent-dim", "4", "--hidden-dims", "8,16", "--device", "cpu"]
+
+
+def start_training(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "vaekit", "train", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> None:
+    """Read the child's stdout up to the first line holding text (a watchdog kills a child that hangs)."""
+    watchdog = threading.Timer(WAIT_S, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if text in line:
+                return
+        raise AssertionError(f"training exited ({proc.wait()}) before printing {text!r}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+    finally:
+        watchdog.cancel()
+
+
+def ctrl_c(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
+    """SIGINT as a terminal's Ctrl-C sends it; returns the exit code and stderr's non-empty lines."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=WAIT_S)
+    return proc.returncode, [line for line in err.splitlines() if line.strip()]
+
+
+def test_ctrl_c_in_epoch_1_leaves_nothing_and_the_same_command_works(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [*TINY_DIGITS, "--epochs", "1", "--out", str(out)]
+    proc = start_training(args)
+    try:
+        read_until(proc, "steps ")  # the header's last line: epoch 1 starts now
+        time.sleep(0.3)
+        code, lines = ctrl_c(proc)
+    finally:
+        sigkill(proc)
+    assert code == 130 and len(lines) == 1, lines
+    said = r"interrupted (before epoch 1|in epoch 1 \(batch \d+/26\)): no epoch finished, so nothing was kept in "
+    assert re.fullmatch(said + re.escape(f"{out}; run the same command again"), lines[0]), lines[0]
+    assert not out.exists()
+    code, _, err = run("train", *args)
+    assert code == 0, err
+
+
+def test_ctrl_c_after_epoch_1_then_the_suggested_command_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = start_training([*TINY_DIGITS, "--epochs", "2", "--out", str(out)])
+    try:
+        read_until(proc, "epoch 1/2  train loss")  # printed once epoch 1 is saved
+        code, lines = ctrl_c(proc)
+    finally:
+        sigkill(proc)
+    assert code == 130 and len(lines) == 1, lines
+    at = r"interrupted (in epoch 2 \(batch \d+/26\)|after epoch 1): epoch 1 is saved in "
+    assert re.match(at + re.escape(f"{out}; continue with: "), lines[0]), lines[0]
+    command = shlex.split(lines[0].split("continue with: ")[1])
+    assert command[:2] == ["vaekit", "train"]
+    assert_every_file_parses(out)
+    code, stdout, err = run(*command[1:])
+    assert code == 0, err
+    assert "resuming from epoch 1 of 2" in stdout
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
 WRITER = """

@@ -11,8 +11,17 @@ from typer.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
+from vaekit.config import SAMPLE_COUNT, SAMPLE_SEED
 from vaekit.runtimes import load_decoder
-from vaekit.runtimes.generate import interpolation_latents, prior_latents, slerp, top_dimensions, traversal_latents
+from vaekit.runtimes.generate import (
+    generate_picture,
+    interpolation_latents,
+    prior_latents,
+    slerp,
+    top_dimensions,
+    traversal_latents,
+)
+from vaekit.train import SAMPLES_PNG
 
 runner = CliRunner()
 
@@ -148,3 +157,33 @@ def test_generate_bad_input(conv_art: Path, tmp_path: Path, args: list[str], mes
     )
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "g.png").exists()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_training_samples_are_what_generate_draws_for_seed_0(conv_run: Path) -> None:
+    """One seeding rule: samples.png is the picture `vaekit generate --seed 0` makes of the same run."""
+    decoder = load_decoder(conv_run)
+    images = decoder.decode(prior_latents(SAMPLE_COUNT, decoder.info.latent_dim, SAMPLE_SEED))
+    picture = generate_picture(images, decoder.info.value_range, SAMPLE_SEED, None, [])
+    np.testing.assert_array_equal(_pixels(conv_run / SAMPLES_PNG), np.asarray(picture))
+
+
+def test_generate_seed_0_on_a_run_redraws_its_samples_png(conv_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.png"
+    code, _, err = invoke("generate", "--engine", str(conv_run), "--seed", "0", "--n", "64", "--out", str(out))
+    assert code == 0, err
+    np.testing.assert_array_equal(_pixels(out), _pixels(conv_run / SAMPLES_PNG))
+
+
+def test_generate_writes_the_format_its_suffix_names(conv_art: Path, tmp_path: Path) -> None:
+    engine = str(conv_art / "decoder.onnx")
+    code, _, err = invoke("generate", "--engine", engine, "--out", str(tmp_path / "x.jpg"))
+    assert code == 0, err
+    assert (tmp_path / "x.jpg").read_bytes()[:2] == b"\xff\xd8"
+    code, _, err = invoke("generate", "--engine", engine, "--out", str(tmp_path / "x.gif"))
+    assert_one_line_error(code, err, "end the name in .png")
+    assert not (tmp_path / "x.gif").exists()

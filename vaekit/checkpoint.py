@@ -10,6 +10,8 @@ A run directory holds
 from __future__ import annotations
 
 import json
+import shlex
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
 from vaekit import __version__
-from vaekit.config import CONFIG_FILE, MODEL_FILE, TRAINER_FILE, RunConfig
+from vaekit.config import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, TRAINER_FILE, RunConfig
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from vaekit.fsutil import (
+    atomic_write_bytes,
+    atomic_write_text,
+    refuse_to_replace,
+    remove_stale_temps,
+    run_lock,
+    sha256_file,
+)
 from vaekit.model import VAE, build_model
 
 
@@ -81,12 +90,20 @@ def resolve_run(path: Path) -> tuple[Path, Path]:
     """A run dir or a .safetensors file -> (config.json, model.safetensors)."""
     path = Path(path).expanduser()
     if path.is_dir():
+        if not (path / CONFIG_FILE).exists() and any(path.glob("*.onnx")):
+            raise VaekitError(
+                f"{path} is an artifact directory, not a run directory: give the --out of `vaekit train` "
+                f"(it holds {CONFIG_FILE} and {MODEL_FILE})"
+            )
         return path / CONFIG_FILE, path / MODEL_FILE
     if path.suffix == ".safetensors":
         return path.parent / CONFIG_FILE, path
     if not path.exists():
         raise VaekitError(f"checkpoint {path} not found")
-    raise VaekitError(f"{path} is not a checkpoint: give a run directory or a .safetensors file")
+    graph = " (it is an exported graph)" if path.suffix in (".onnx", ".plan") else ""
+    raise VaekitError(
+        f"{path} is not a checkpoint{graph}: give a run directory (the --out of `vaekit train`) or its {MODEL_FILE}"
+    )
 
 
 def load_config(path: Path) -> RunConfig:
@@ -162,3 +179,60 @@ def load_trainer(run_dir: Path, model: VAE) -> TrainerState:
         )
     except (KeyError, ValueError) as exc:
         raise VaekitError(f"{run_dir / TRAINER_FILE} lacks trainer state ({exc}); cannot resume") from None
+
+
+@dataclass
+class RunPosition:
+    """How far a run got: what an interrupt says was saved, and whether a failed start leaves anything."""
+
+    out: Path
+    resume: bool
+    epoch: int = 0  # the epoch running; 0 before the first
+    batch: int = 0
+    batches: int = 0
+    saved: int = 0  # the last epoch whose checkpoint is on disk
+    wrote: bool = False  # config.json / metrics.jsonl of this run are on disk
+
+    def interrupted(self) -> str:
+        at = f"in epoch {self.epoch} (batch {self.batch}/{self.batches})" if self.epoch else "before epoch 1"
+        if self.epoch and self.saved >= self.epoch:
+            at = f"after epoch {self.epoch}"  # between its checkpoint and the next epoch's first batch
+        resume = f"vaekit train --out {shlex.quote(str(self.out))} --resume"
+        if self.saved:
+            kept = "epoch 1 is" if self.saved == 1 else f"epochs 1-{self.saved} are"
+            return f"interrupted {at}: {kept} saved in {self.out}; continue with: {resume}"
+        if self.resume:
+            return f"interrupted {at}: no epoch was saved yet, {self.out} keeps its config; start it with: {resume}"
+        return f"interrupted {at}: no epoch finished, so nothing was kept in {self.out}; run the same command again"
+
+    def clean_failed_start(self) -> None:
+        """A fresh run that failed before its first checkpoint takes back what it wrote, so the same command
+        works again (run_lock then removes the directory if this run created it)."""
+        if self.resume or self.saved or not self.wrote:
+            return
+        for name in (CONFIG_FILE, METRICS_FILE):
+            (self.out / name).unlink(missing_ok=True)
+        remove_stale_temps(self.out)
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a run by accident; --overwrite removes only the files vaekit wrote."""
+    has_trainer, has_config = (out / TRAINER_FILE).exists(), (out / CONFIG_FILE).exists()
+    if resume and overwrite:
+        raise VaekitError("--resume and --overwrite contradict each other")
+    if resume and not (has_trainer or has_config):
+        raise VaekitError(f"nothing to resume in {out}: no run there (start one without --resume)")
+    if has_trainer and not resume and not overwrite:
+        raise refuse_to_replace(out, "a run", ", or --resume to continue it")
+    if has_config and not resume and not overwrite:  # a run killed in its first epoch
+        raise refuse_to_replace(out, "a run that never finished an epoch", ", or --resume to start it from its config")
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+def claim_run_dir(held: ExitStack, out: Path, resume: bool, overwrite: bool) -> None:
+    """Lock the run dir for the whole run, clear temp files a killed process left, check the flags."""
+    held.enter_context(run_lock(out))
+    remove_stale_temps(out)  # holding the lock proves their writer is gone
+    prepare_run_dir(out, resume, overwrite)

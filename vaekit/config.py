@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,11 +23,26 @@ DEFAULT_MAX_BATCH = 64  # exported artifacts: batch 1..this (the TensorRT profil
 DEFAULT_CALIBRATION_IMAGES = 512  # int8 calibration
 VALUE_RANGES: dict[str, tuple[float, float]] = {"bernoulli": (0.0, 1.0), "gaussian": (-1.0, 1.0)}
 TRAIN_DEVICES = ("auto", "cpu", "cuda")  # torch devices `train` and `eval` take (cuda:N too)
+# Sample pictures: training's samples.png and `vaekit generate` draw z with one rule (images.prior_latents)
+# from this seed, so `vaekit generate --seed 0` on a run shows the digits its samples.png shows.
+SAMPLE_COUNT = 64
+SAMPLE_SEED = 0
+# Fewer Adam steps than this in a whole run draws a warning before epoch 1: the conv VAE on digits still
+# draws grey blobs after ~80 steps (3 epochs) and recognisable digits only after about 300; a user's 200
+# images for 3 epochs (9 steps) gave grey checkerboards and no hint why.
+MIN_USEFUL_STEPS = 300
+# Without a terminal (logs, CI) training prints a progress line inside an epoch at most this often.
+PROGRESS_INTERVAL_S = 5.0
 
 # A run directory (the checkpoint format): core writes it, the PyTorch runtime and export read it.
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_PNG = "samples.png"
+RECON_PNG = "reconstructions.png"
+LOSS_PNG = "loss.png"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, METRICS_FILE, SAMPLES_PNG, RECON_PNG, LOSS_PNG)
 
 
 @dataclass
@@ -65,7 +81,7 @@ class ModelConfig:
             raise VaekitError(f"hidden_dims must be positive, got {self.hidden_dims}")
         factor = 2 ** len(self.hidden_dims)
         if self.arch == "conv" and self.image_size % factor:
-            nearest = max(factor, self.image_size // factor * factor)
+            nearest = max(1, round(self.image_size / factor)) * factor  # 30 -> 32, not 16
             raise VaekitError(
                 f"image size {self.image_size} does not fit the conv arch: it must be divisible by "
                 f"{factor} (2^{len(self.hidden_dims)} stride-2 stages); try {nearest}"
@@ -174,6 +190,35 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise VaekitError("config is not a JSON object")
         return cls.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run is about to do: the header a person reads before epoch 1."""
+
+    data: str
+    n_train: int
+    n_test: int
+    image_shape: tuple[int, int, int]
+    parameters: int
+    device: str
+    processes: int
+    batch_size: int
+    steps_per_epoch: int
+    saved_epoch: int  # epochs a resume starts after (0: a fresh start)
+    epochs: int
+
+    def too_short(self) -> str:
+        """A warning when the whole run has too few optimizer steps to learn anything ('' when it has enough)."""
+        total = self.steps_per_epoch * self.epochs
+        if total >= MIN_USEFUL_STEPS:
+            return ""
+        epochs = math.ceil(MIN_USEFUL_STEPS / self.steps_per_epoch)
+        return (
+            f"{total} optimizer steps in all ({self.n_train} images / batch {self.batch_size} = "
+            f"{self.steps_per_epoch} per epoch x {self.epochs} epochs) are too few to learn much (digits take about "
+            f"{MIN_USEFUL_STEPS}): try --epochs {epochs}, a smaller --batch-size or more images"
+        )
 
 
 def preset(arch: str) -> RunConfig:

@@ -6,10 +6,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from vaekit.errors import VaekitError
 
@@ -58,6 +61,23 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it: files that belong together (a checkpoint's
+    two files and the metrics of its epoch) are never split by it. Only the main thread gets SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def check_output_dir(out: Path, inputs: list[Path]) -> None:
     """Refuse an output directory that is, contains or lies inside a directory the command reads from:
     writing there would mix outputs into inputs (and publishing could delete files the input holds)."""
@@ -92,35 +112,60 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     return removed
 
 
+def refuse_to_replace(out: Path, what: str, alternative: str = "") -> VaekitError:
+    """The one way `train` and `export` say that --out already holds their output."""
+    return VaekitError(f"{out} already holds {what}: pass --overwrite to replace it{alternative}")
+
+
 @contextlib.contextmanager
 def run_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on `directory/.lock` so two processes never write one run.
 
     flock is tied to the open file: the kernel releases it when the holder exits, even on SIGKILL, so
-    a crashed run never leaves a stale lock behind (the pid in the file is only for the message).
+    a crashed run never leaves a stale lock behind (the pid in the file is only for the message). If
+    nothing but the lock is in the directory at the end, the lock file this call created goes again, and
+    so does a directory it created: a command that failed before writing anything (bad --data) leaves no
+    empty run folder behind.
     """
     lock_path = directory / LOCK_FILE
+    created = not directory.exists()
+    new_lock = not lock_path.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         f = open(lock_path, "a+")  # noqa: SIM115 (closed in the finally below)
     except OSError as exc:
         raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            owner = f.read().strip() or "unknown"
-            raise VaekitError(
-                f"{directory} is in use by another vaekit process (pid {owner}): wait for it to finish or stop it"
-            ) from None
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()} on {socket.gethostname()}")
-            f.flush()
-        except OSError as exc:
-            raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        _take(f, directory)
         yield
     finally:
+        if new_lock:
+            _remove_if_only_lock(directory, lock_path, created)
         f.close()  # closing drops the lock
+
+
+def _take(f: IO[str], directory: Path) -> None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        raise VaekitError(
+            f"{directory} is in use by another vaekit process (pid {owner}): wait for it to finish or stop it"
+        ) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}")
+        f.flush()
+    except OSError as exc:
+        raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+
+
+def _remove_if_only_lock(directory: Path, lock_path: Path, created: bool) -> None:
+    """Called while the lock is still held, so no other process is writing there."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+            lock_path.unlink()
+            if created:
+                directory.rmdir()

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaekit.config import LossConfig, ModelConfig
+from vaekit.config import SAMPLE_SEED, LossConfig, ModelConfig
 from vaekit.errors import VaekitError
+from vaekit.images import prior_latents
 
 
 @dataclass
@@ -65,8 +66,10 @@ class VAE(nn.Module):
         mu, log_var = self.encode(x)
         return self.decode_raw(self.reparameterize(mu, log_var)), mu, log_var
 
-    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(device)
+    def sample(self, n: int, device: torch.device | str = "cpu", seed: int = SAMPLE_SEED) -> Tensor:
+        """Decode n draws of z ~ N(0, I) made by the one rule of sample pictures (`prior_latents`), so a
+        seed shows the same images here and in `vaekit generate`."""
+        z = torch.from_numpy(prior_latents(n, self.cfg.latent_dim, seed)).to(device)
         return self.decode(z)
 
     def recon_nll(self, raw: Tensor, x: Tensor) -> Tensor:

@@ -30,26 +30,40 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from vaekit import __version__
-from vaekit.checkpoint import TrainerState, load_trainer, save_checkpoint, save_config
-from vaekit.config import CONFIG_FILE, MODEL_FILE, TRAINER_FILE, RunConfig
+from vaekit.checkpoint import RunPosition, claim_run_dir, load_trainer, save_checkpoint, save_config
+from vaekit.config import (  # the run files' names, re-exported: tests and scripts read them from here
+    LOSS_PNG,
+    METRICS_FILE,
+    RECON_PNG,
+    SAMPLE_COUNT,
+    SAMPLE_SEED,
+    SAMPLES_PNG,
+    TRAINER_FILE,
+    RunConfig,
+    Setup,
+)
+from vaekit.config import (
+    RUN_FILES as RUN_FILES,
+)
 from vaekit.data import ImageData, load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
-from vaekit.fsutil import atomic_write_text, remove_stale_temps, run_lock
-from vaekit.images import grid, labelled_rows, line_plot, save_png, upscale
+from vaekit.fsutil import atomic_write_text, interrupts_deferred
+from vaekit.images import loss_picture, reconstruction_picture, sample_picture, save_image
 from vaekit.model import VAE, build_model, pick_device
-
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_PNG = "samples.png"
-RECON_PNG = "reconstructions.png"
-LOSS_PNG = "loss.png"
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, METRICS_FILE, SAMPLES_PNG, RECON_PNG, LOSS_PNG)
-PREVIEW_COUNT = 64
-PREVIEW_SEED = 1234
 
 # called after each batch with (epoch, batch index, batches per epoch, running means)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
 T = TypeVar("T")
+
+
+@dataclass
+class TrainHooks:
+    """What the caller hears from a run, on rank 0 only; each hook is optional."""
+
+    on_setup: Callable[[Setup], None] | None = None  # once, before the first epoch
+    progress: ProgressFn | None = None  # after every batch
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # the metrics row, once the epoch is saved
 
 
 @dataclass
@@ -114,27 +128,6 @@ def _init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), owns_group=owns), device
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run by accident; --overwrite removes only the files vaekit wrote."""
-    has_run = (out / TRAINER_FILE).exists() or (out / CONFIG_FILE).exists()
-    if resume and overwrite:
-        raise VaekitError("--resume and --overwrite contradict each other")
-    if resume and not (out / TRAINER_FILE).exists():
-        raise VaekitError(f"nothing to resume in {out}: no {TRAINER_FILE}")
-    if has_run and not resume and not overwrite:
-        raise VaekitError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-
-
-def _claim_run_dir(held: ExitStack, out: Path, resume: bool, overwrite: bool) -> None:
-    """Lock the run dir for the whole run, clear temp files a killed process left, check the flags."""
-    held.enter_context(run_lock(out))
-    remove_stale_temps(out)  # holding the lock proves their writer is gone
-    prepare_run_dir(out, resume, overwrite)
-
-
 def _kld_weight(cfg: RunConfig, n_train: int) -> float:
     if cfg.loss.kld_weight is not None:
         return cfg.loss.kld_weight
@@ -167,23 +160,12 @@ def _write_previews(
     cfg = model.cfg
     model.eval()
     with torch.no_grad():
-        gen = torch.Generator().manual_seed(PREVIEW_SEED)
-        samples = model.sample(PREVIEW_COUNT, device, generator=gen).float().cpu().numpy()
+        samples = model.sample(SAMPLE_COUNT, device, SAMPLE_SEED).float().cpu().numpy()
         x = to_tensor(test[:32], cfg, device)
         recon = model.decode(model.encode(x)[0]).float().cpu().numpy()
-    save_png(upscale(grid(samples, cfg.value_range), 512), run_dir / SAMPLES_PNG)
-    pairs = labelled_rows(
-        [
-            ("input", grid(x.cpu().numpy(), cfg.value_range, ncol=16)),
-            ("reconstruction (mu)", grid(recon, cfg.value_range, ncol=16)),
-        ]
-    )
-    save_png(upscale(pairs, 384), run_dir / RECON_PNG)
-    curves = {
-        "train loss": [h["train_loss"] for h in history],
-        "test -ELBO (nats)": [h["test_neg_elbo"] for h in history],
-    }
-    save_png(line_plot(curves, "training curve", "epoch"), run_dir / LOSS_PNG)
+    save_image(sample_picture(samples, cfg.value_range, SAMPLE_SEED), run_dir / SAMPLES_PNG)
+    save_image(reconstruction_picture(x.cpu().numpy(), recon, cfg.value_range, len(history)), run_dir / RECON_PNG)
+    save_image(loss_picture(history, in_nats=cfg.likelihood == "bernoulli"), run_dir / LOSS_PNG)
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -199,14 +181,26 @@ def train(
     device_name: str = "auto",
     detect_anomaly: bool = False,
     data: ImageData | None = None,
-    progress: ProgressFn | None = None,
+    hooks: TrainHooks | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (or resume) into `out`; returns the per-epoch metrics of the whole run ([] on ranks other than 0)."""
+    """Train (or resume) into `out`; returns the per-epoch metrics of the whole run ([] on ranks other than 0).
+
+    Ctrl-C raises KeyboardInterrupt whose message says what was saved and the command that continues; a
+    fresh run that fails or is interrupted before its first checkpoint leaves nothing behind.
+    """
     ddp, device = _init_distributed(pick_device(device_name))
+    where = RunPosition(out, resume)
     try:
         with ExitStack() as held:
-            ddp.on_main(_claim_run_dir, held, out, resume, overwrite)
-            history = _train(cfg, out, resume, device, ddp, detect_anomaly, data, progress)
+            ddp.on_main(claim_run_dir, held, out, resume, overwrite)
+            try:
+                history = _train(cfg, out, device, ddp, detect_anomaly, data, hooks or TrainHooks(), where)
+            except BaseException as exc:
+                if ddp.main:
+                    where.clean_failed_start()
+                if isinstance(exc, KeyboardInterrupt):
+                    raise KeyboardInterrupt(where.interrupted()) from None
+                raise
             return history if ddp.main else []
     finally:
         if ddp.owns_group:
@@ -217,17 +211,7 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(
-    cfg: RunConfig,
-    out: Path,
-    resume: bool,
-    device: torch.device,
-    ddp: Dist,
-    detect_anomaly: bool,
-    data: ImageData | None,
-    progress: ProgressFn | None,
-) -> list[dict[str, Any]]:
-    cfg.validate()
+def _checked_data(cfg: RunConfig, ddp: Dist, data: ImageData | None) -> ImageData:
     tc = cfg.train
     if tc.batch_size % ddp.world:
         raise VaekitError(f"--batch-size {tc.batch_size} is the global batch: it must divide by {ddp.world} processes")
@@ -236,76 +220,35 @@ def _train(
         raise VaekitError(f"--data {tc.data}: {len(data.train)} training and {len(data.test)} test images; need both")
     if data.channels != cfg.model.in_channels or data.train.shape[-1] != cfg.model.image_size:
         raise VaekitError(f"data shape {data.train.shape[1:]} does not match the model's {cfg.model.image_shape}")
+    return data
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    device: torch.device,
+    ddp: Dist,
+    detect_anomaly: bool,
+    data: ImageData | None,
+    hooks: TrainHooks,
+    where: RunPosition,
+) -> list[dict[str, Any]]:
+    cfg.validate()
+    data = _checked_data(cfg, ddp, data)
     cfg.model.pad = data.pad
     cfg.version = __version__
-
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model).to(device)
-    if ddp.world > 1 and device.type == "cuda":
-        model = cast(VAE, nn.SyncBatchNorm.convert_sync_batchnorm(model))
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    run = _Run(cfg, out, model, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, tc.scheduler_gamma), data)
-    start_epoch = 1
-    if resume:
-        state: TrainerState = ddp.agree(lambda: load_trainer(out, model))
-        optimizer.load_state_dict(state.optimizer)
-        run.scheduler.load_state_dict(state.scheduler)
-        start_epoch, run.step, run.history = state.epoch + 1, state.step, state.history
-
+    run = _Run.start(cfg, out, data, device, ddp, where)
+    where.wrote = True
     ddp.on_main(save_config, out, cfg)
     ddp.on_main(_write_metrics, out / METRICS_FILE, run.history)  # drops rows of an epoch lost in a crash
-
-    train_step = TrainStep(model)
-    net: nn.Module = DistributedDataParallel(train_step) if ddp.world > 1 else train_step
-    train_u8 = data.train
-    # DistributedSampler only needs len(): it yields indices, shuffled from (seed, epoch), one share per rank.
-    sampler: DistributedSampler[int] = DistributedSampler(
-        range(len(train_u8)),  # type: ignore[arg-type]
-        num_replicas=ddp.world,
-        rank=ddp.rank,
-        shuffle=True,
-        seed=tc.seed,
-    )
-    batches = BatchSampler(sampler, tc.batch_size // ddp.world, drop_last=False)
-    kld_weight = _kld_weight(cfg, len(train_u8))
-    use_amp = tc.amp and device.type == "cuda"
-
-    for epoch in range(start_epoch, tc.epochs + 1):
-        noise = torch.Generator().manual_seed(_epoch_seed(tc.seed, epoch))
-        sampler.set_epoch(epoch)
-        net.train()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kld (each summed over images), images
-        t0 = time.perf_counter()
-        for b, idx in enumerate(batches):
-            x = to_tensor(train_u8[idx], cfg.model, device)
-            n = x.shape[0]
-            # eps for the whole global batch, same on every rank; this rank's images sit at rank::world.
-            eps = torch.randn(n * ddp.world, cfg.model.latent_dim, generator=noise)[ddp.rank :: ddp.world]
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-            with torch.autograd.set_detect_anomaly(detect_anomaly), amp:
-                raw, mu, log_var = net(x, eps.to(device))
-                terms = model.loss_function(raw.float(), x, mu.float(), log_var.float(), cfg.loss, kld_weight, run.step)
-            batch = torch.stack([terms.loss, terms.recon, terms.kld, torch.ones_like(terms.loss)]).detach().double() * n
-            if ddp.world > 1:
-                dist.all_reduce(batch)  # global sums; a NaN on any rank reaches every rank, so all stop together
-            batch = batch.cpu()
-            if not torch.isfinite(batch).all():
-                kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
-                raise VaekitError(
-                    f"loss became {float(batch[0] / batch[3])} at epoch {epoch}, batch {b}: stopped; {kept} "
-                    "(try a lower --lr, or --detect-anomaly to find the op)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            _backward(terms.loss, detect_anomaly, f"epoch {epoch}, batch {b}")
-            optimizer.step()
-            run.step += 1
-            sums += batch
-            if progress and ddp.main:
-                means = (sums[:3] / sums[3]).tolist()
-                progress(epoch, b + 1, len(batches), {"loss": means[0], "recon": means[1], "kld": means[2]})
-        run.scheduler.step()
-        elapsed = time.perf_counter() - t0
-        ddp.on_main(run.end_epoch, epoch, sums, elapsed, device)
+    if hooks.on_setup and ddp.main:
+        hooks.on_setup(run.setup(device))
+    for epoch in range(where.saved + 1, cfg.train.epochs + 1):
+        sums, elapsed = run.train_epoch(epoch, detect_anomaly, where, hooks.progress)
+        ddp.on_main(run.end_epoch, epoch, sums, elapsed, device, where)
+        where.saved = epoch
+        if hooks.on_epoch and ddp.main:
+            hooks.on_epoch(run.history[-1])
     return run.history
 
 
@@ -321,7 +264,7 @@ def _backward(loss: Tensor, detect_anomaly: bool, where: str) -> None:
 
 @dataclass
 class _Run:
-    """What rank 0 needs at the end of each epoch to evaluate and write the checkpoint."""
+    """One run's model, optimizer and data on this rank: trains an epoch, and on rank 0 evaluates and saves it."""
 
     cfg: RunConfig
     out: Path
@@ -329,10 +272,108 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     data: ImageData
+    ddp: Dist
+    net: nn.Module
+    sampler: DistributedSampler[int]
+    batches: BatchSampler
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def end_epoch(self, epoch: int, sums: Tensor, elapsed: float, device: torch.device) -> None:
+    @classmethod
+    def start(
+        cls, cfg: RunConfig, out: Path, data: ImageData, device: torch.device, ddp: Dist, where: RunPosition
+    ) -> _Run:
+        """Build the model and optimizer (the same initial weights on every rank), then load a saved state."""
+        tc = cfg.train
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg.model).to(device)
+        if ddp.world > 1 and device.type == "cuda":
+            model = cast(VAE, nn.SyncBatchNorm.convert_sync_batchnorm(model))
+        optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, tc.scheduler_gamma)
+        step = TrainStep(model)
+        net: nn.Module = DistributedDataParallel(step) if ddp.world > 1 else step
+        # DistributedSampler only needs len(): it yields indices, shuffled from (seed, epoch), one share per rank.
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(data.train)),  # type: ignore[arg-type]
+            num_replicas=ddp.world,
+            rank=ddp.rank,
+            shuffle=True,
+            seed=tc.seed,
+        )
+        batches = BatchSampler(sampler, tc.batch_size // ddp.world, drop_last=False)
+        run = cls(cfg, out, model, optimizer, scheduler, data, ddp, net, sampler, batches)
+        if where.resume and (out / TRAINER_FILE).exists():  # else: killed in epoch 1, starts over from its config
+            state = ddp.agree(lambda: load_trainer(out, model))
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            where.saved, run.step, run.history = state.epoch, state.step, state.history
+        return run
+
+    def setup(self, device: torch.device) -> Setup:
+        tc = self.cfg.train
+        return Setup(
+            data=tc.data,
+            n_train=len(self.data.train),
+            n_test=len(self.data.test),
+            image_shape=self.cfg.model.image_shape,
+            parameters=sum(p.numel() for p in self.model.parameters()),
+            device=str(device),
+            processes=self.ddp.world,
+            batch_size=tc.batch_size,
+            steps_per_epoch=len(self.batches),
+            saved_epoch=len(self.history),
+            epochs=tc.epochs,
+        )
+
+    def train_epoch(
+        self, epoch: int, detect_anomaly: bool, where: RunPosition, progress: ProgressFn | None
+    ) -> tuple[Tensor, float]:
+        """One pass over the training set; returns the summed loss, recon, kld and image count, and seconds."""
+        cfg, ddp, model = self.cfg, self.ddp, self.model
+        noise = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch))
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kld (each summed over images), images
+        kld_weight = _kld_weight(cfg, len(self.data.train))
+        device = next(model.parameters()).device
+        use_amp = cfg.train.amp and device.type == "cuda"
+        where.epoch, where.batches, t0 = epoch, len(self.batches), time.perf_counter()
+        for b, idx in enumerate(self.batches):
+            where.batch = b
+            x = to_tensor(self.data.train[idx], cfg.model, device)
+            n = x.shape[0]
+            # eps for the whole global batch, same on every rank; this rank's images sit at rank::world.
+            eps = torch.randn(n * ddp.world, cfg.model.latent_dim, generator=noise)[ddp.rank :: ddp.world]
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+            with torch.autograd.set_detect_anomaly(detect_anomaly), amp:
+                raw, mu, log_var = self.net(x, eps.to(device))
+                terms = model.loss_function(
+                    raw.float(), x, mu.float(), log_var.float(), cfg.loss, kld_weight, self.step
+                )
+            batch = torch.stack([terms.loss, terms.recon, terms.kld, torch.ones_like(terms.loss)]).detach().double() * n
+            if ddp.world > 1:
+                dist.all_reduce(batch)  # global sums; a NaN on any rank reaches every rank, so all stop together
+            batch = batch.cpu()
+            if not torch.isfinite(batch).all():
+                kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+                raise VaekitError(
+                    f"loss became {float(batch[0] / batch[3])} at epoch {epoch}, batch {b}: stopped; {kept} "
+                    "(try a lower --lr, or --detect-anomaly to find the op)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            _backward(terms.loss, detect_anomaly, f"epoch {epoch}, batch {b}")
+            self.optimizer.step()
+            self.step += 1
+            sums += batch
+            where.batch = b + 1
+            if progress and ddp.main:
+                means = (sums[:3] / sums[3]).tolist()
+                progress(epoch, b + 1, len(self.batches), {"loss": means[0], "recon": means[1], "kld": means[2]})
+        self.scheduler.step()
+        return sums, time.perf_counter() - t0
+
+    def end_epoch(self, epoch: int, sums: Tensor, elapsed: float, device: torch.device, where: RunPosition) -> None:
         test = evaluate(self.model, self.data.test, iwae_samples=1, seed=self.cfg.train.seed, device=device)
         seen = float(sums[3])
         self.history.append(
@@ -349,6 +390,8 @@ class _Run:
                 "seconds": elapsed,
             }
         )
-        save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, epoch, self.step, self.history)
-        _write_metrics(self.out / METRICS_FILE, self.history)
+        with interrupts_deferred():
+            save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, epoch, self.step, self.history)
+            _write_metrics(self.out / METRICS_FILE, self.history)
+            where.saved = epoch
         _write_previews(self.out, self.model, self.data.test, self.history, device)

@@ -11,12 +11,34 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from vaekit.errors import VaekitError
 from vaekit.extras import require
 
+
+def _without_flag_metavars(params: list[Any]) -> list[Any]:
+    """Typer's rich help shows a type (<bool>) beside every option, which reads as if a flag took a value;
+    an empty metavar is what drops it (a flag's metavar is never used to parse)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_metavars(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_metavars(super().get_params(ctx))
+
+
 app = typer.Typer(
     help="Train a VAE, export it to ONNX / TensorRT, and prove the deployed artifacts compute what the model does.",
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -31,9 +53,30 @@ DEPLOY_PANEL = "Deploy"
 MEASURE_PANEL = "Measure"
 
 
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+def stopped(message: str) -> typer.Exit:
+    """Ctrl-C is the user's choice, not an error: one yellow line (what was kept, how to go on), rc 130."""
+    err_console.print(f"[yellow]{escape(message)}[/]", highlight=False)
+    return typer.Exit(INTERRUPTED)
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    """True when a library turned a Ctrl-C into its own error (torch.onnx.export wraps whatever it meets)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def command(panel: str, name: str | None = None) -> Callable[[F], F]:
@@ -47,17 +90,19 @@ def command(panel: str, name: str | None = None) -> Callable[[F], F]:
             try:
                 require(command_name)
                 return fn(*args, **kw)
+            except KeyboardInterrupt as exc:  # train's says what it saved and the command that continues
+                raise stopped(str(exc) or "interrupted") from None
             except VaekitError as exc:
+                if _from_interrupt(exc):
+                    raise stopped("interrupted") from None
                 raise fail(str(exc), exc.exit_code) from None
             except MemoryError:
                 raise fail("out of memory: try a smaller --batch-size") from None
             except OSError as exc:
                 where = f" ({exc.filename})" if exc.filename else ""
                 raise fail(f"{exc.strerror or exc}{where}") from None
-            except KeyboardInterrupt:
-                raise fail("interrupted", 130) from None
 
-        app.command(name=command_name, rich_help_panel=panel)(wrapper)
+        app.command(name=command_name, rich_help_panel=panel, cls=Command)(wrapper)
         return fn
 
     return decorate

@@ -93,9 +93,9 @@ def bench(
         atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
         wrote(json_out)
     if plot:
-        from vaekit.images import save_png
+        from vaekit.images import save_image
 
-        save_png(bench_chart(report), plot)
+        save_image(bench_chart(report), plot)
         wrote(plot)
     for best in report.best:
         out_console.print(

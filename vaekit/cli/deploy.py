@@ -13,7 +13,13 @@ from rich.markup import escape
 
 from vaekit.cli.app import DEPLOY_PANEL, command, note, out_console, wrote
 from vaekit.cli.tables import key_value_table, parity_table
-from vaekit.config import DEFAULT_ARTIFACTS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
+from vaekit.config import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MAX_BATCH,
+    SAMPLE_COUNT,
+    SAMPLE_SEED,
+)
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder, Encoder
@@ -218,9 +224,9 @@ def _layerwise(artifacts: Path, checkpoint: Path | None) -> list[LayerwiseReport
 @command(DEPLOY_PANEL)
 def generate(
     engine: Annotated[Path, typer.Option(help="Decoder: .onnx, .plan, run dir or artifact dir.")],
-    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed of z ~ N(0, I).")] = 0,
-    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    n: Annotated[int, typer.Option(help="Number of samples.")] = SAMPLE_COUNT,
+    seed: Annotated[int, typer.Option(help="Seed of z ~ N(0, I); a run's samples.png is this seed's.")] = SAMPLE_SEED,
+    out: Annotated[Path, typer.Option(help="Picture to write: .png, .jpg or .webp.")] = Path("samples.png"),
     npy: Annotated[Path | None, typer.Option(help="Also save z and images as .npz.")] = None,
     interpolate: Annotated[
         int | None, typer.Option(help="K steps between pairs of seeded samples: n // K rows of K.")
@@ -236,11 +242,12 @@ def generate(
     runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")] = None,
 ) -> None:
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
-    from vaekit.images import grid, save_png, upscale
-    from vaekit.runtimes.generate import decode_all, picture_latents
+    from vaekit.images import image_format, save_image
+    from vaekit.runtimes.generate import decode_all, generate_picture, picture_latents
 
     if n < 1:
         raise VaekitError(f"--n must be >= 1, got {n}")
+    image_format(out)  # an --out this cannot write is refused before anything is decoded
     decoder, origin = _decoder(engine, device, trust, runtime, n)
     if origin:
         note(origin)
@@ -248,7 +255,7 @@ def generate(
     if dims:
         note(f"rows traverse latent dimensions {dims}")
     images = decode_all(decoder, z)
-    save_png(upscale(grid(images, decoder.info.value_range, ncol=ncol), 512), out)
+    save_image(generate_picture(images, decoder.info.value_range, seed, ncol, dims), out)
     if npy:
         buf = io.BytesIO()
         np.savez(buf, z=z, images=images)
@@ -271,12 +278,13 @@ def reconstruct(
 ) -> None:
     """Encode real images to mu and decode them back, with any pair of artifacts."""
     from vaekit.data import load_data, to_float
-    from vaekit.images import grid, labelled_rows, save_png, upscale
+    from vaekit.images import grid, image_format, labelled_rows, save_image, scale_to_width, titled
     from vaekit.runtimes.artifacts import load_inputs
     from vaekit.runtimes.generate import reconstruct as run_reconstruct
 
     if n < 1:
         raise VaekitError(f"--n must be >= 1, got {n}")
+    image_format(out)
     enc, enc_origin = _encoder(encoder, device, trust, runtime, n)
     dec, dec_origin = _decoder(decoder, device, trust, runtime, n)
     for origin in (enc_origin, dec_origin):
@@ -289,7 +297,8 @@ def reconstruct(
     vr = dec.info.value_range
     ncol = min(16, len(images))
     rows = [("input", grid(images, vr, ncol)), ("reconstruction", grid(recon, vr, ncol))]
-    save_png(upscale(labelled_rows(rows), 512), out)
+    title = f"reconstructions by {enc.info.name} -> {dec.info.name}: mean PSNR {psnr:.1f} dB"
+    save_image(titled(labelled_rows(rows, scale_to_width(rows[0][1])), title), out)
     wrote(out, f": {len(images)} images, mean PSNR {psnr:.2f} dB ({enc.info.name} -> {dec.info.name})")
 
 

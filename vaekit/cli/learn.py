@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from vaekit.cli.app import LEARN_PANEL, command, err_console, out_console
-from vaekit.config import DEFAULT_DATA, DEFAULT_OUT, TRAIN_DEVICES, RunConfig, preset
+from vaekit.config import DEFAULT_DATA, DEFAULT_OUT, PROGRESS_INTERVAL_S, TRAIN_DEVICES, RunConfig, Setup, preset
 from vaekit.errors import UsageError
+
+if TYPE_CHECKING:
+    from vaekit.train import TrainHooks
 
 CONV, MLP = preset("conv"), preset("mlp")
 
@@ -50,70 +58,130 @@ def build_config(arch: str | None, data: str | None, channels: int | None, given
     return cfg
 
 
+def _num(value: float) -> str:
+    """Nats per image with one decimal; an MSE (the Gaussian's loss) with its significant digits."""
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+class TrainDisplay:
+    """What `train` prints: its setup before epoch 1 (and a warning when the run is too short to learn), a
+    bar in a terminal or a line every few seconds in a log, and one line per epoch with the test -ELBO.
+
+    The bar lives for one epoch's batches and is gone before anything else is printed: a line written
+    while a live bar redraws itself would be torn by the redraw.
+    """
+
+    def __init__(self, cfg: RunConfig, out: Path, resume: bool) -> None:
+        self.cfg, self.out, self.resume = cfg, out, resume
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        """Around the run: whatever ends it (done, an error, Ctrl-C), the bar is cleared first."""
+        try:
+            yield
+        finally:
+            self._stop_bar()
+
+    def hooks(self) -> TrainHooks:
+        from vaekit.train import TrainHooks
+
+        return TrainHooks(on_setup=self.setup, progress=self.progress, on_epoch=self.epoch)
+
+    def setup(self, s: Setup) -> None:
+        m = self.cfg.model
+        procs = f" x {s.processes} processes" if s.processes > 1 else ""
+        for line in (
+            f"data   {s.data}: {s.n_train} training and {s.n_test} test images of {'x'.join(map(str, s.image_shape))}",
+            f"model  {m.arch} VAE, latent_dim {m.latent_dim}, {s.parameters:,} parameters, on {s.device}{procs}",
+            f"steps  {s.steps_per_epoch} per epoch (batch {s.batch_size}) x {s.epochs} epochs -> {self.out}/",
+        ):
+            out_console.print(line, highlight=False)
+        if s.saved_epoch:
+            out_console.print(f"resuming from epoch {s.saved_epoch} of {s.epochs}", highlight=False)
+        elif self.resume:
+            out_console.print(f"no epoch of {self.out} was saved: starting it from its config.json", highlight=False)
+        if warning := s.too_short():  # on stdout with the header: stderr stays for errors, one line each
+            out_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        self.last = time.monotonic()
+
+    def progress(self, epoch: int, b: int, total: int, stats: dict[str, float]) -> None:
+        text = f"loss {_num(stats['loss'])}  recon {_num(stats['recon'])}  kl {_num(stats['kld'])}"
+        where = f"{epoch}/{self.cfg.train.epochs}"
+        if self.tty:
+            if self.bar is None:
+                self._start_bar(total)
+            self.bar.update(self.task, completed=b, epoch=where, stats=text)
+        elif b < total and time.monotonic() - self.last >= PROGRESS_INTERVAL_S:  # a log: a line now and then
+            out_console.print(f"epoch {where}  batch {b}/{total}  {text}", highlight=False)
+            self.last = time.monotonic()
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self._stop_bar()
+        out_console.print(
+            f"epoch {row['epoch']}/{self.cfg.train.epochs}  train loss {_num(row['train_loss'])}  "
+            f"test -ELBO {row['test_neg_elbo']:.2f} nats/image  {row['seconds']:.1f} s",
+            highlight=False,
+        )
+        self.last = time.monotonic()
+
+    def _start_bar(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        epoch, stats = TextColumn("epoch {task.fields[epoch]}"), TextColumn("{task.fields[stats]}")
+        columns = (epoch, BarColumn(), MofNCompleteColumn(), stats, TimeRemainingColumn())
+        self.bar = Progress(*columns, console=err_console, transient=True)
+        self.task = self.bar.add_task("train", total=total, epoch="", stats="")
+        self.bar.start()
+
+    def _stop_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+MODEL, LOSS, OPTIMIZER, RUN = "Model", "Loss", "Optimizer", None  # run options join --help in "Options"
+
+
+def _opt(help: str, panel: str | None) -> Any:
+    """An option of `train`: defaults are written into its help, which keeps each to one line at 80 columns."""
+    return typer.Option(help=help, show_default=False, rich_help_panel=panel)
+
+
 @command(LEARN_PANEL)
 def train(
-    data: Annotated[
-        str | None, typer.Option(help="digits | shapes | mnist:DIR | folder:DIR", show_default=DEFAULT_DATA)
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, PNGs).")] = Path(DEFAULT_OUT),
-    arch: Annotated[
-        str | None, typer.Option(help="conv (AntixK beta-VAE) or mlp (pytorch/examples).", show_default=CONV.model.arch)
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Square image side.", show_default=_both("image_size"))] = None,
-    channels: Annotated[int | None, typer.Option(help="1 or 3 (folder data only).", show_default="1, folder 3")] = None,
-    latent_dim: Annotated[int | None, typer.Option(help="Size of z.", show_default=_both("latent_dim"))] = None,
-    hidden_dims: Annotated[
-        str | None, typer.Option(help="Comma-separated widths.", show_default=_both("hidden_dims"))
-    ] = None,
-    likelihood: Annotated[
-        str | None,
-        typer.Option(help="bernoulli (BCE, [0,1]) or gaussian (MSE, [-1,1]).", show_default=CONV.model.likelihood),
-    ] = None,
-    loss: Annotated[
-        str | None, typer.Option(help="H (Higgins beta) or B (Burgess capacity).", show_default=CONV.loss.loss_type)
-    ] = None,
-    beta: Annotated[
-        float | None, typer.Option(help="KL weight of the H loss.", show_default=_both("beta", "loss"))
-    ] = None,
-    gamma: Annotated[
-        float | None, typer.Option(help="Weight of |KL - C| in the B loss.", show_default=_both("gamma", "loss"))
-    ] = None,
-    capacity_max: Annotated[
-        float | None, typer.Option(help="B loss: final capacity C (nats).", show_default=_both("capacity_max", "loss"))
-    ] = None,
+    arch: Annotated[str | None, _opt("conv (AntixK beta-VAE; default) or mlp.", MODEL)] = None,
+    image_size: Annotated[int | None, _opt(f"Square side ({_both('image_size')}).", MODEL)] = None,
+    channels: Annotated[int | None, _opt("1, or 3 (default for folder data).", MODEL)] = None,
+    latent_dim: Annotated[int | None, _opt(f"Size of z ({_both('latent_dim')}).", MODEL)] = None,
+    hidden_dims: Annotated[str | None, _opt(f"Widths ({_both('hidden_dims')}).", MODEL)] = None,
+    likelihood: Annotated[str | None, _opt("bernoulli (default) or gaussian.", MODEL)] = None,
+    loss: Annotated[str | None, _opt("H (Higgins; default) or B (Burgess).", LOSS)] = None,
+    beta: Annotated[float | None, _opt(f"KL weight of H ({_both('beta', 'loss')}).", LOSS)] = None,
+    gamma: Annotated[float | None, _opt(f"Weight of |KL - C| in B ({_both('gamma', 'loss')}).", LOSS)] = None,
+    capacity_max: Annotated[float | None, _opt(f"B: final C ({_both('capacity_max', 'loss')} nats).", LOSS)] = None,
     capacity_stop_iter: Annotated[
-        int | None,
-        typer.Option(help="B loss: steps until C reaches its max.", show_default=_both("capacity_stop_iter", "loss")),
+        int | None, _opt(f"B: steps to reach C ({_both('capacity_stop_iter', 'loss')}).", LOSS)
     ] = None,
-    kld_weight: Annotated[
-        float | None, typer.Option(help="Override the KL scale.", show_default="batch/N gaussian, 1 bernoulli")
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Epochs in total (with --resume: train on to this many).", show_default=_both("epochs", "train")
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Global batch size.", show_default=_both("batch_size", "train"))
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.", show_default=_both("lr", "train"))] = None,
+    kld_weight: Annotated[float | None, _opt("Scale of KL (batch/N; bernoulli 1).", LOSS)] = None,
+    epochs: Annotated[int | None, _opt(f"Epochs in all ({_both('epochs', 'train')}).", OPTIMIZER)] = None,
+    batch_size: Annotated[int | None, _opt(f"Global batch ({_both('batch_size', 'train')}).", OPTIMIZER)] = None,
+    lr: Annotated[float | None, _opt(f"Adam step ({_both('lr', 'train')}).", OPTIMIZER)] = None,
     lr_decay: Annotated[
-        float | None,
-        typer.Option(
-            help="ExponentialLR gamma per epoch (1 = constant LR).", show_default=_both("scheduler_gamma", "train")
-        ),
+        float | None, _opt(f"LR factor per epoch ({_both('scheduler_gamma', 'train')}).", OPTIMIZER)
     ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed for weights, shuffling and noise.", show_default=_both("seed", "train"))
-    ] = None,
-    device: Annotated[str, typer.Option(help=", ".join(TRAIN_DEVICES) + ".")] = TRAIN_DEVICES[0],
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    seed: Annotated[int | None, _opt(f"Weights, shuffle, noise ({_both('seed', 'train')}).", OPTIMIZER)] = None,
+    data: Annotated[str | None, _opt(f"digits|shapes|mnist:DIR|folder:DIR ({DEFAULT_DATA}).", RUN)] = None,
+    out: Annotated[Path, _opt(f"Run directory ({DEFAULT_OUT}).", RUN)] = Path(DEFAULT_OUT),
+    device: Annotated[str, _opt(f"{', '.join(TRAIN_DEVICES)} ({TRAIN_DEVICES[0]}).", RUN)] = TRAIN_DEVICES[0],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.", rich_help_panel=RUN)] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run in --out.", rich_help_panel=RUN)
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over, replacing the run in --out.")] = False,
     detect_anomaly: Annotated[
-        bool, typer.Option("--detect-anomaly", help="torch anomaly detection (slow; finds the op that made a NaN).")
+        bool, typer.Option("--detect-anomaly", help="Find the op that made a NaN (slow).", rich_help_panel=RUN)
     ] = False,
 ) -> None:
     """Train a VAE; checkpoints, metrics.jsonl and sample/reconstruction/loss PNGs land in --out each epoch."""
@@ -136,43 +204,18 @@ def train(
     else:
         cfg = build_config(arch, data, channels, given)
     cfg.validate()
-    history = _train_with_progress(cfg, out, resume, overwrite, device, detect_anomaly, run_training)
+    display = TrainDisplay(cfg, out, resume)
+    with display.live():
+        history = run_training(
+            cfg, out, resume=resume, overwrite=overwrite, device_name=device, detect_anomaly=detect_anomaly,
+            hooks=display.hooks(),
+        )  # fmt: skip
     if history:
         last = history[-1]
         out_console.print(
             f"[green]done[/] epoch {last['epoch']}: test -ELBO {last['test_neg_elbo']:.2f} nats/image "
             f"({last['images_per_s']:.0f} img/s) -> {out}/"
         )
-
-
-def _train_with_progress(
-    cfg: RunConfig, out: Path, resume: bool, overwrite: bool, device: str, detect_anomaly: bool, run: Any
-) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
-    )
-    tty = sys.stderr.isatty()
-    with Progress(*columns, console=err_console, transient=False, disable=not tty) as bar:
-        task = bar.add_task("train", total=None, epoch="", stats="")
-
-        def report(epoch: int, b: int, total: int, stats: dict[str, float]) -> None:
-            text = f"loss {stats['loss']:.3f}  recon {stats['recon']:.3f}  kl {stats['kld']:.2f}"
-            if b == 1:
-                bar.reset(task, total=total)
-            bar.update(task, completed=b, epoch=f"{epoch}/{cfg.train.epochs}", stats=text)
-            if not tty and b == total:  # logs and CI get one line per epoch instead of a bar
-                out_console.print(f"epoch {epoch}/{cfg.train.epochs}  {text}", highlight=False)
-
-        return run(
-            cfg, out, resume=resume, overwrite=overwrite, device_name=device, detect_anomaly=detect_anomaly,
-            progress=report,
-        )  # fmt: skip
 
 
 @command(LEARN_PANEL, name="eval")
@@ -212,5 +255,20 @@ def download(
 
     if dataset != "mnist":
         raise UsageError(f"unknown dataset {dataset!r}: only mnist can be downloaded")
-    paths = fetch(dest.expanduser(), base_url or MNIST_URL)
+    dest = dest.expanduser()
+    created, parts = not dest.exists(), set(dest.glob("*.part"))
+    try:
+        paths = fetch(dest, base_url or MNIST_URL)
+    except BaseException:
+        _remove_leftovers(dest, created, parts)
+        raise
     out_console.print(f"[green]ok[/] {len(paths)} files verified in {dest}; use --data mnist:{dest}")
+
+
+def _remove_leftovers(dest: Path, created: bool, parts: set[Path]) -> None:
+    """A failed or interrupted download takes back its partial files, and the folder if it made it and
+    nothing verified is in it: no empty folder to puzzle over, and a retry starts clean."""
+    for part in set(dest.glob("*.part")) - parts:
+        part.unlink(missing_ok=True)
+    if created and dest.is_dir() and not any(dest.iterdir()):
+        shutil.rmtree(dest, ignore_errors=True)
