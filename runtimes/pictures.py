@@ -32,8 +32,8 @@ def save_parity_png(report: ParityReport, value_range: tuple[float, float], path
     scale; the tiles of stress latents (|z| = 4 in every dimension: fixed_latents puts +4, -4 and +-4
     first) are framed in red, as the title says, since they look nothing like data."""
     rows, stress = [], np.zeros(0, dtype=bool)
-    for name, (ref, got) in report.previews.items():
-        ref, got = ref[:PREVIEW_IMAGES], got[:PREVIEW_IMAGES]
+    for name, (ref_all, got_all) in report.previews.items():
+        ref, got = ref_all[:PREVIEW_IMAGES], got_all[:PREVIEW_IMAGES]
         stress = _stress_tiles(report, len(ref))
         diff = np.abs(got - ref)
         peak = float(diff.max())
@@ -43,18 +43,29 @@ def save_parity_png(report: ParityReport, value_range: tuple[float, float], path
             (f"reference ({report.reference.get('backend', '')})", ref),
             (name, got),
             (f"|difference| x{1 / peak if peak > 0 else 1:.3g} (max {peak:.2e})", stretched),
+            _heatmap(ref_all, got_all, value_range),
         ]
     if not rows:
         return
     tile = rows[0][1].shape[2:]
     scale = scale_to_width(grid(rows[0][1], value_range, PREVIEW_IMAGES))
     marked = [
-        (label, frame_tiles(enlarge(grid(x, value_range, PREVIEW_IMAGES), scale), np.flatnonzero(stress).tolist(),
+        (label, frame_tiles(enlarge(grid(x, value_range, PREVIEW_IMAGES), scale),
+                            np.flatnonzero(stress).tolist() if len(x) == len(stress) else [],
                             PREVIEW_IMAGES, (tile[0], tile[1]), scale, RED))
         for label, x in rows
     ]  # fmt: skip
     title = "parity: reference | runtime | |difference|; red frame: stress latent (|z| = 4 in every dimension)"
     save_image(titled(labelled_rows(marked), title), path)
+
+
+def _heatmap(ref: np.ndarray, got: np.ndarray, value_range: tuple[float, float]) -> tuple[str, np.ndarray]:
+    """Where the error lives: |difference| averaged over every decoded image, stretched to full scale."""
+    mean = np.abs(got - ref).mean(axis=0, keepdims=True)  # (1, C, H, W)
+    peak = float(mean.max())
+    lo, hi = value_range
+    label = f"mean |difference| over {len(ref)} images, heatmap (max {peak:.2e})"
+    return label, lo + mean / (peak if peak > 0 else 1.0) * (hi - lo)
 
 
 def _stress_tiles(report: ParityReport, n: int) -> np.ndarray:
