@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	    echo "reusing the torch of $(PYTHON) (venv with system site-packages)"; \
 	    $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; fi
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) into $(VENV)..."; \
+	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; }
 	@echo "installing vaekit and its dependencies into $(VENV) (about a minute on a fresh machine)..."
 	$(BIN)/python -m pip install -q -e ".[train,$(RUNTIME),openvino,dev]"
 	@rm -f $(VENV)/.installed-*

@@ -25,7 +25,7 @@ import numpy as np
 
 from vaekit.checkpoint import Run, load_run
 from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
-from vaekit.data import ImageData, load_data, to_float
+from vaekit.data import ImageData, data_dirs, load_data, to_float
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
@@ -106,9 +106,10 @@ class _Steps:
         return value
 
 
-def check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
-    """Refuse an output that overlaps the checkpoint's run, or an existing export without --overwrite."""
-    check_output_dir(out, [checkpoint if checkpoint.is_dir() else checkpoint.parent])
+def check_destination(out: Path, checkpoint: Path, overwrite: bool, data: str) -> None:
+    """Refuse an output that overlaps the checkpoint's run or the images it reads, or an existing export
+    without --overwrite."""
+    check_output_dir(out, [checkpoint if checkpoint.is_dir() else checkpoint.parent, *data_dirs(data)])
     if is_artifact_dir(out) and not overwrite:
         raise refuse_to_replace(out, "an export")  # in the words `train` uses
 
@@ -121,7 +122,7 @@ def export_artifacts(
     opts.check()
     checkpoint, out = Path(checkpoint), Path(out)
     run = load_run(checkpoint)
-    check_destination(out, checkpoint, opts.overwrite)
+    check_destination(out, checkpoint, opts.overwrite, opts.data or run.cfg.train.data)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_bytes
+from vaekit.fsutil import atomic_write_bytes, check_output_dir
 from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name
 from vaekit.runtimes.web_bundle import Files, bundle_files, runtime_files
 
@@ -28,9 +28,16 @@ def build_bundle(artifact_dir: Path, runtime_dir: Path | None = None) -> Path:
     cached (only the first build needs the network).
     """
     artifact_dir = artifact_dir_of(Path(artifact_dir))
+    check_runtime_dir(artifact_dir, runtime_dir)
     runtime = runtime_files(runtime_dir)
     files = bundle_files(graph_for_the_web(artifact_dir, "decoder"), _encoder(artifact_dir), runtime, PAGE_DIR)
     return publish(files, artifact_dir / WEB_DIR)
+
+
+def check_runtime_dir(artifact_dir: Path, runtime_dir: Path | None) -> None:
+    """Refuse a runtime folder that is, holds or lies inside the web/ a build replaces (export drops it first)."""
+    if runtime_dir is not None:
+        check_output_dir(Path(artifact_dir) / WEB_DIR, [runtime_dir])
 
 
 def graph_for_the_web(artifact_dir: Path, role: Role) -> Path:

@@ -8,6 +8,7 @@ names (the checkpoint format) come from `vaekit.config`, which core writes.
 from __future__ import annotations
 
 import json
+import lzma
 import zipfile
 import zlib
 from pathlib import Path
@@ -126,7 +127,7 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or a 5000-digit int
         return None
     return data if isinstance(data, dict) else None
 
@@ -134,8 +135,11 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any] | None:
 def manifest_checkpoint(artifact_dir: Path) -> Path | None:
     """The checkpoint the manifest says these artifacts came from, when it is still there."""
     named = (read_manifest(artifact_dir) or {}).get("checkpoint")
-    found = Path(named).expanduser() if isinstance(named, str) and named else None
-    return found if found is not None and found.exists() else None
+    try:
+        found = Path(named).expanduser() if isinstance(named, str) and named else None
+        return found if found is not None and found.exists() else None
+    except (RuntimeError, OSError):  # "~user" of no user here; a name the file system refuses (too long)
+        return None
 
 
 def provenance(path: Path, trust: bool = False) -> str:
@@ -164,11 +168,7 @@ def load_inputs(artifact_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     path = artifact_dir / PARITY_INPUTS
     if not path.is_file():
         raise VaekitError(f"{path} not found: re-export, or pass --data")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            images, z = f["images"], f["z"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise VaekitError(f"{path} is not a vaekit parity input file: {exc}") from None
+    images, z = _read_npz(path, ("images", "z"), "vaekit parity input").values()
     if images.dtype != np.uint8 or images.ndim != 4 or z.ndim != 2 or not len(images) or not len(z):
         raise VaekitError(f"{path}: expected uint8 images (N, C, H, W) and z (N, D), N >= 1")
     if z.dtype != np.float32:
@@ -186,7 +186,7 @@ def read_sidecar(plan: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise VaekitError(f"{path} is not a vaekit engine sidecar: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "graph_metadata" not in data:
         raise VaekitError(f"{path} is not a vaekit engine sidecar (format {SIDECAR_FORMAT} expected)")
@@ -206,18 +206,39 @@ def load_golden(artifact_dir: Path, images: np.ndarray, z: np.ndarray, trust: bo
             f"{path} not found: re-export, pass --checkpoint, or --reference-onnx to judge against the fp32 graph"
         )
     provenance(path, trust)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            golden = {key: np.asarray(f[key]) for key in GOLDEN_KEYS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise VaekitError(f"{path} is not a vaekit golden output file: {exc}") from None
+    golden = _read_npz(path, GOLDEN_KEYS, "vaekit golden output")
     shapes_ok = (
         golden["mu"].shape == golden["log_var"].shape
         and golden["mu"].ndim == 2
         and len(golden["mu"]) == len(images)
+        and golden["image"].ndim == images.ndim
         and golden["image"].shape[0] == len(z)
         and golden["image"].shape[1:] == images.shape[1:]
     )
     if not shapes_ok or any(v.dtype != np.float32 for v in golden.values()):
         raise VaekitError(f"{path} does not match the parity inputs beside it (shapes or dtype differ)")
     return golden
+
+
+# An export's parity inputs and golden outputs are a few MiB; an .npz declaring more is refused before it inflates.
+NPZ_MAX_BYTES = 1 << 30
+# Beyond bad zips and arrays: RuntimeError (an encrypted member; NotImplementedError, an unknown compression
+# method, is one), lzma.LZMAError (a damaged LZMA member), MemoryError (a header whose shape no memory holds).
+NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, RuntimeError, MemoryError, zipfile.BadZipFile, zlib.error,
+              lzma.LZMAError)  # fmt: skip
+
+
+def _read_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz: no pickle, and never more than NPZ_MAX_BYTES inflated (zipfile reads a
+    member no further than the size the archive declares for it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+        if declared > NPZ_MAX_BYTES:
+            raise VaekitError(
+                f"{path} declares {declared} bytes of arrays; a {what} file holds at most {NPZ_MAX_BYTES}"
+            )
+        with np.load(path, allow_pickle=False) as f:
+            return {key: np.asarray(f[key]) for key in keys}
+    except NPZ_ERRORS as exc:
+        raise VaekitError(f"{path} is not a {what} file: {exc}") from None

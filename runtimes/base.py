@@ -82,7 +82,7 @@ def metadata_to_info(meta: dict[str, str], *, backend: str, device: str, path: s
             path=path,
             extra={k: v for k, v in meta.items() if k in DESCRIBED},
         )
-    except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError) as exc:  # 1e999, [[[...
         raise VaekitError(f"{path} is not a vaekit artifact: its metadata is missing or bad ({exc})") from None
 
 

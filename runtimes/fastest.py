@@ -33,13 +33,23 @@ def _read(artifact_dir: Path) -> dict[str, Any]:
         raise VaekitError(f"--runtime auto: {artifact_dir} was never benchmarked on this machine; {how}")
     try:
         data = json.loads(path.read_text())
-        entries = [e for e in data["best"] if isinstance(e, dict)]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        entries = [e for e in data["best"] if _usable(e)]
+        measured_on = str(data.get("machine", {}).get("cpu", ""))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
         raise VaekitError(f"{path} is not a vaekit measurement ({exc}); {how}") from None
-    measured_on = str(data.get("machine", {}).get("cpu", ""))
     if measured_on != cpu_model():
         raise VaekitError(f"--runtime auto: {path} was measured on {measured_on!r}, not this CPU; {how}")
     return {"best": entries}
+
+
+def _usable(entry: Any) -> bool:
+    """A row `choose` may pick: names as strings, an int batch, and an artifact that is a file of the directory
+    itself (loaded with the trust of the manifest beside it, so never one another manifest vouches for)."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("graph", "runtime", "artifact")):
+        return False
+    artifact, batch = entry["artifact"], entry.get("batch")
+    plain = "/" not in artifact and "\x00" not in artifact and artifact not in ("", ".", "..")
+    return plain and isinstance(batch, int) and not isinstance(batch, bool)
 
 
 def choose(artifact_dir: Path, graph: Role, batch: int) -> dict[str, Any]:
@@ -59,5 +69,5 @@ def load_fastest(artifact_dir: Path, graph: Role, batch: int) -> tuple[Encoder |
         raise VaekitError("--runtime auto picked a PyTorch peer: pass the run directory to use it")
     path = artifact_dir / str(entry["artifact"])
     loaded = load_peer(peer, path, graph, artifact_dir, None)
-    measured = f"{entry['p50_ms']} ms at batch {entry['batch']}, parity {entry['parity']}"
-    return loaded, f"--runtime auto: {entry['runtime']} {entry['precision']} on {path.name} ({measured})"
+    measured = f"{entry.get('p50_ms')} ms at batch {entry['batch']}, parity {entry.get('parity')}"
+    return loaded, f"--runtime auto: {entry['runtime']} {entry.get('precision')} on {path.name} ({measured})"

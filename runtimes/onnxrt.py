@@ -79,8 +79,7 @@ def read_graph(path: Path) -> onnx.ModelProto:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (root / location).resolve()
-        if os.path.isabs(location) or root not in target.parents:
+        if "\x00" in location or os.path.isabs(location) or root not in (root / location).resolve().parents:
             raise VaekitError(f"{path}: external data {location!r} points outside the model's folder; refused")
     return model
 
@@ -185,13 +184,15 @@ def load_info(path: Path, device: str = "cpu") -> ArtifactInfo:
 def _check_input(model: onnx.ModelProto, info: ArtifactInfo, path: Path) -> None:
     """The graph's own input shape must agree with its metadata, or inputs checked against the metadata fail
     later inside ONNX Runtime with its own message."""
+    if not model.graph.input:
+        raise VaekitError(f"{path} is not a vaekit graph: it takes no input")
     expected = (info.latent_dim,) if info.role == "decoder" else info.image_shape
     dims = tuple(d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim)[1:]
     if len(dims) != len(expected) or any(d is not None and d != e for d, e in zip(dims, expected, strict=False)):
         what = f"latent_dim {info.latent_dim}" if info.role == "decoder" else f"image_shape {list(expected)}"
         shown = ", ".join("?" if d is None else str(d) for d in dims)
         raise VaekitError(
-            f"{path}: its metadata says {what} but the graph takes {model.graph.input[0].name} of shape (N, {shown})"
+            f"{path}: its metadata says {what} but the graph takes {model.graph.input[0].name!r} of shape (N, {shown})"
         )
 
 

@@ -115,7 +115,7 @@ def _info_from_sidecar(plan: Path, sidecar: dict[str, Any]) -> ArtifactInfo:
     meta = dict(sidecar["graph_metadata"])
     try:
         meta["max_batch"] = str(int(sidecar["profile"]["max"][0]))
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
         raise VaekitError(f"{sidecar_path(plan)} has no batch profile: {_rebuild_hint(plan, sidecar)}") from None
     meta["precision"] = sidecar.get("precision", meta.get("precision", "fp32"))
     meta["tensorrt_version"] = sidecar.get("tensorrt_version", "")

@@ -346,9 +346,13 @@ def stale(bundle: Path) -> str:
     """'' when the bundle's graphs are those beside it in the artifact directory, else which one changed."""
     try:
         hashes = json.loads((bundle / MODEL_JSON).read_text()).get("sha256", {})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):  # ValueError: bad JSON
+        return f"{bundle / MODEL_JSON} is unreadable"
+    if not isinstance(hashes, dict):
         return f"{bundle / MODEL_JSON} is unreadable"
     for name, digest in hashes.items():
+        if "/" in name or name in ("", ".", ".."):  # only the graphs beside the bundle, never another file
+            continue
         source = bundle.parent / name
         if source.is_file() and sha256_file(source) != digest:
             return f"{bundle} was built from an older {name}"

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from tests.conftest import write_idx
+from tests.test_data import write_hostile_images
 from vaekit.cli.main import app
 from vaekit.fsutil import LOCK_FILE
 
@@ -41,6 +42,7 @@ class Row:
     needs: str = ""  # readonly | fulldisk | no-tensorrt | no-cuda
     bug: str = ""  # a known defect (file: diagnosis); the row is xfail(strict) until it is fixed
     sub: bool = False  # also run through a real subprocess
+    without: str = ""  # comma list of modules made unimportable for the row (a partial install)
 
 
 ROWS: dict[str, Row] = {
@@ -78,6 +80,27 @@ ROWS: dict[str, Row] = {
     "train-mnist-zero-images": Row("train {mnist_args} --data mnist:{bad}/mnist_zero --out {out}/r", r"0 training"),
     "train-folder-no-images": Row("train --data folder:{bad}/empty_dir --out {out}/r", r"no images found"),
     "train-folder-not-images": Row("train --data folder:{bad}/fake_images --out {out}/r", r"cannot decode image"),
+    "train-folder-only-bombs": Row(
+        "train --data folder:{bad}/bomb_images --image-size 16 --out {out}/r", r"cannot decode image .*none of the"
+    ),
+    "train-without-safetensors": Row(
+        "train --out {out}/r",
+        r"needs safetensors, which is not installed: pip install 'vaekit\[train\]'",
+        without="safetensors,onnxscript,sklearn",
+    ),
+    "train-out-inside-data": Row(
+        "train --data folder:{bad}/fake_images --out {bad}/fake_images/run", r"output .*/run overlaps the input"
+    ),
+    "train-out-is-data": Row("train --data mnist:{bad}/mnist_random --out {bad}/mnist_random", r"overlaps the input"),
+    "train-out-contains-data": Row("train --data folder:{bad}/fake_images --out {bad}", r"overlaps the input"),
+    "export-out-inside-data": Row(
+        "export --checkpoint {run} --data folder:{bad}/fake_images --out {bad}/fake_images/art", r"overlaps the input"
+    ),
+    "export-web-runtime-in-bundle": Row(
+        "export --checkpoint {run} --out {out}/existing --overwrite --web --web-runtime-dir {out}/existing/web/ort",
+        r"existing/web overlaps the input .*/ort",
+    ),
+    "train-without-torch": Row("train --out {out}/r", r"needs torch.*vaekit\[train\]", without="torch"),
     "train-resume-nothing": Row("train --resume --out {out}/r", r"r not found|nothing to resume"),
     "train-resume-empty-config": Row("train --resume --out {bad}/run_empty_config", r"config is not valid JSON"),
     "train-resume-random-config": Row("train --resume --out {bad}/run_random_config", r"run_random_config/config"),
@@ -123,6 +146,12 @@ ROWS: dict[str, Row] = {
     "eval-limit-negative": Row("eval --checkpoint {run} --limit -1", r"--iwae-samples and --limit must be >= 1"),
     "eval-split-unknown": Row("eval --checkpoint {run} --split val", r"--split must be test or train"),
     "eval-data-missing": Row("eval --checkpoint {run} --data mnist:{bad}/nope", r"nope: no such directory"),
+    "eval-folder-only-bombs": Row(
+        "eval --checkpoint {run} --data folder:{bad}/bomb_images", r"cannot decode image .*none of the"
+    ),
+    "eval-without-safetensors": Row(
+        "eval --checkpoint {run}", r"needs safetensors.*vaekit\[train\]", without="safetensors"
+    ),
     # --- download ------------------------------------------------------------------------------------
     "download-unknown": Row("download cifar {out}/d", r"only mnist"),
     "download-unreachable": Row(
@@ -173,6 +202,22 @@ ROWS: dict[str, Row] = {
     "export-out-readonly": Row("export --checkpoint {run} --out {ro}/art", r"Read-only file system", needs="readonly"),
     "export-out-full-disk": Row(
         "export --checkpoint {run} --out {full}/existing --overwrite", r"No space left on device", needs="fulldisk"
+    ),
+    "export-folder-only-bombs": Row(
+        "export --checkpoint {run} --data folder:{bad}/bomb_images --out {out}/existing --overwrite",
+        r"cannot decode image .*none of the",
+    ),
+    "export-out-is-run": Row("export --checkpoint {run} --out {run} --overwrite", r"output .*run overlaps the input"),
+    "export-out-inside-run": Row("export --checkpoint {run} --out {run}/art", r"overlaps the input .*run"),
+    "export-out-contains-run": Row("export --checkpoint {run} --out {run}/.. --overwrite", r"overlaps the input"),
+    "export-weights-out-is-run": Row(
+        "export --checkpoint {run}/model.safetensors --out {run}/art", r"overlaps the input"
+    ),
+    "export-without-onnxscript": Row(
+        "export --checkpoint {run} --out {out}/art", r"needs onnxscript.*vaekit\[train\]", without="onnxscript"
+    ),
+    "export-without-onnxruntime": Row(
+        "export --checkpoint {run} --out {out}/art", r"needs onnxruntime.*vaekit\[cpu\]", without="onnxruntime"
     ),
     "export-trt-missing": Row(
         "export --checkpoint {run} --trt --out {out}/existing --overwrite", r"--trt", needs="no-tensorrt"
@@ -306,6 +351,12 @@ ROWS: dict[str, Row] = {
     "info-latent-mismatch": Row("info {bad}/art_meta5_unlisted/decoder.onnx", r"latent"),
     "info-empty-dir": Row("info {bad}/empty_dir", r"holds neither a run"),
     "info-unknown-suffix": Row("info {bad}/notes.txt", r"unknown artifact type"),
+    # --- view ---------------------------------------------------------------------------------------------
+    "view-missing": Row("view {bad}/nope --no-open", r"nope not found"),
+    "view-build-runtime-in-bundle": Row(
+        "view {out}/existing --build --runtime-dir {out}/existing/web --no-open", r"existing/web overlaps the input"
+    ),
+    "view-no-bundle": Row("view {art} --no-open", r"has no web bundle: build it with `vaekit view .* --build`"),
     # --- build-engine and bench -------------------------------------------------------------------
     "build-engine-missing": Row("build-engine {bad}/nope.onnx", r"nope.onnx|tensorrt|TensorRT"),
     "build-engine-random": Row("build-engine {bad}/random.onnx", r"random.onnx|tensorrt|TensorRT"),
@@ -321,6 +372,12 @@ ROWS: dict[str, Row] = {
     "bench-batch-over-max": Row("bench {art} --batch-sizes 9", r"\b9\b.*\b8\b"),
     "bench-threads-negative": Row("bench {art} --threads -1 --batch-sizes 1", r"threads"),
     "build-engine-plan-as-onnx": Row("build-engine {bad}/random.plan", r"random.plan|tensorrt|TensorRT"),
+    "build-engine-without-tensorrt": Row(
+        "build-engine {art}/decoder.onnx", r"needs TensorRT.*tensorrt not installed.*vaekit\[trt\]", without="tensorrt"
+    ),
+    "bench-without-onnxruntime": Row(
+        "bench {art} --batch-sizes 1", r"needs onnxruntime.*vaekit\[cpu\]", without="onnxruntime"
+    ),
 }
 
 
@@ -426,6 +483,7 @@ def make_bad_files(bad: Path, run: Path, art: Path) -> None:
     biggest.external_data.add(key="location", value="../../../../../../etc/passwd")
     onnx.save(model, str(traversal / "decoder.onnx"))
 
+    write_hostile_images(bad / "bomb_images")
     _mnist_dirs(bad, rng)
     (bad / "mirror").mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
@@ -587,6 +645,7 @@ def test_bad_input_is_refused_in_one_line(
     readonly_dir: Path | str,
     full_dir: Path | str,
     mnist_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     existing = _copy(workspace / "art", tmp_path / "existing")
     (existing / "samples.png").write_bytes(b"\x89PNG previous picture")
@@ -604,6 +663,8 @@ def test_bad_input_is_refused_in_one_line(
     skip = _requirement(row.needs, readonly_dir, full_dir)
     if skip:
         pytest.skip(skip)
+    for module in filter(None, row.without.split(",")):
+        monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails, as on a partial install
     watched = [workspace, tmp_path] + ([full_dir] if isinstance(full_dir, Path) else [])
     before, temps_before = snapshot(*watched), set(leftovers(*watched))
     args = shlex.split(row.args.format(**places))

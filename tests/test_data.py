@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,18 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_idx
+from vaekit import data
+from vaekit.data import (
+    SkippedImagesWarning,
+    data_dirs,
+    load_data,
+    load_image,
+    read_idx,
+    render_shapes,
+    split_indices,
+    to_float,
+)
 from vaekit.data import download as fetch
-from vaekit.data import load_data, read_idx, render_shapes, split_indices, to_float
 from vaekit.errors import VaekitError
 
 
@@ -106,13 +118,99 @@ def test_folder_recursive_crop_resize(tmp_path: Path, channels: int) -> None:
     assert d.train.shape[1:] == (channels, 16, 16)
 
 
-def test_folder_errors(tmp_path: Path) -> None:
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (8-bit gray) and whose pixel data is empty: tiny on disk,
+    so only reading the header first can tell it is too large."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def write_hostile_images(root: Path) -> dict[str, str]:
+    """Three files a folder dataset must skip, by name -> what the reason says."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "bomb.png").write_bytes(png_header(40_000, 40_000))  # beyond Pillow's decompression-bomb limit
+    (root / "poster.png").write_bytes(png_header(6_000, 6_000))  # within Pillow's, beyond MAX_IMAGE_PIXELS
+    return {"broken.png": "cannot identify", "bomb.png": "decompression bomb", "poster.png": "over the bound"}
+
+
+def test_folder_skips_unreadable_and_oversized_images_with_one_warning(tmp_path: Path) -> None:
+    _write_images(tmp_path)
+    reasons = write_hostile_images(tmp_path / "sub")
+    with pytest.warns(SkippedImagesWarning) as caught:
+        d = load_data(f"folder:{tmp_path}", 16)
+    assert len(caught) == 1
+    line = str(caught[0].message)
+    assert "\n" not in line and "skipped 3 of 10 images" in line
+    assert all(f"sub/{name}" in line for name in reasons)
+    assert len(d.train) + len(d.test) == 7
+    why = {path.name: reason for path, reason in d.skipped}
+    assert set(why) == set(reasons) and all(reasons[name] in why[name] for name in reasons), why
+
+
+def test_folder_with_nothing_readable_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(VaekitError, match="no images found"):
         load_data(f"folder:{tmp_path}", 16)
-    _write_images(tmp_path)
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(VaekitError, match=r"cannot decode image .*broken\.png"):
+    write_hostile_images(tmp_path)
+    with pytest.raises(VaekitError, match=r"^cannot decode image .*\.png: .*none of the") as exc:
         load_data(f"folder:{tmp_path}", 16)
+    assert "\n" not in str(exc.value)
+
+
+def test_the_warning_names_the_first_few_and_counts_the_rest(tmp_path: Path) -> None:
+    skipped = [(tmp_path / f"{i}.png", "bad") for i in range(5)]
+    line = data.skipped_line(tmp_path, skipped, 9)
+    assert line.endswith("over 33554432 pixels: 0.png, 1.png, 2.png and 2 more") and "skipped 5 of 9" in line
+
+
+def test_jpegs_decode_at_reduced_size_and_others_never_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 48 * 48)
+    picture = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "a.jpg")
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.jpg", 16, 3).shape == (3, 16, 16)  # drafted 1/8: 32x32 <= 48x48
+    with pytest.raises(VaekitError, match=r"a\.png: 256x256 is over the bound of 2304 pixels"):
+        load_image(tmp_path / "a.png", 16, 3)
+    with pytest.raises(VaekitError, match=r"a\.jpg: 64x64 is over"):  # 1/4 is the most 64 px allows
+        load_image(tmp_path / "a.jpg", 64, 3)
+
+
+def test_only_the_listed_formats_decode(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png", format="PPM")  # a PPM named .png
+    with pytest.raises(VaekitError, match="cannot decode image"):
+        load_image(tmp_path / "x.png", 8, 1)
+
+
+def test_data_dirs_are_what_a_spec_reads(tmp_path: Path) -> None:
+    assert data_dirs(f"folder:{tmp_path}") == data_dirs(f"mnist:{tmp_path}") == [tmp_path]
+    assert data_dirs("digits") == data_dirs("shapes") == []
+    with pytest.raises(VaekitError, match="no such directory"):
+        data_dirs("folder:~no_such_user_here/x")
+
+
+def test_idx_headers_that_lie_are_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "t.idx"
+    # dims whose product overflows int64 to 0: the old np.prod check let this reach reshape
+    path.write_bytes(b"\x00\x00\x08\x04" + struct.pack(">4I", 2**31, 2**31, 4, 1))
+    with pytest.raises(VaekitError, match="header declares 18446744073709551616 bytes"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", 2**32 - 1)))
+    with pytest.raises(VaekitError, match="more than the file holds"):  # 1032x its gzip size at most
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x21" + bytes(4 * 33))
+    with pytest.raises(VaekitError, match="33 dimensions"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"abcd")
+    with pytest.raises(VaekitError, match="header says 3 bytes, file has more"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"abc")
+    assert read_idx(path).tolist() == [97, 98, 99] and read_idx(path).flags.writeable
 
 
 def test_gz_and_raw_idx_read_the_same(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def load_trainer(run_dir: Path, model: VAE) -> TrainerState:
             scheduler=json.loads(meta["scheduler"]),
             history=json.loads(meta["history"]),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise VaekitError(f"{run_dir / TRAINER_FILE} lacks trainer state ({exc}); cannot resume") from None
 
 

@@ -70,7 +70,7 @@ class ModelConfig:
     def validate(self) -> None:
         if self.arch not in ("conv", "mlp"):
             raise VaekitError(f"unknown arch {self.arch!r}: use conv or mlp")
-        if self.likelihood not in VALUE_RANGES:
+        if not isinstance(self.likelihood, str) or self.likelihood not in VALUE_RANGES:
             raise VaekitError(f"unknown likelihood {self.likelihood!r}: use bernoulli or gaussian")
         if self.latent_dim < 1 or self.image_size < 1 or self.in_channels not in (1, 3):
             raise VaekitError(
@@ -131,7 +131,9 @@ class TrainConfig:
             raise VaekitError(f"test fraction must be in (0, 1), got {self.test_fraction}")
 
 
-_JSON_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_JSON_TYPES: dict[str, Any] = {
+    "int": int, "float": (int, float), "str": str, "bool": bool, "float | None": (int, float, type(None)),
+}  # fmt: skip
 
 
 def _check_types(section: Any) -> None:
@@ -185,7 +187,7 @@ class RunConfig:
     def from_json(cls, text: str) -> RunConfig:
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
             raise VaekitError(f"config is not valid JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise VaekitError("config is not a JSON object")

@@ -9,19 +9,23 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
+import math
 import shutil
 import struct
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from vaekit.errors import VaekitError
+from vaekit.extras import install_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_SEED = 0x5EED  # fixed, so the train/test split never depends on the training seed
@@ -33,10 +37,27 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
+# Pillow decoders a folder dataset may use: a file named .png is never handed to an exotic plugin (EPS runs
+# Ghostscript) because its bytes say so.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # the decoders of IMAGE_SUFFIXES
+# The most pixels one image may decode to (a JPEG's reduced-size draft counts, not its full size): 2**25, an
+# 8192x4096 frame (8K video fits). A VAE trains at a few hundred pixels a side, so anything larger is a poster
+# scan or a decompression bomb; at <= 4 bytes a decoded pixel that bounds one image at 128 MiB (+ its RGB copy).
+MAX_IMAGE_PIXELS = 2**25
+SKIPPED_SHOWN = 3  # file names the skip warning gives before "and N more"
+# DEFLATE expands at most 1032:1, so a gzipped IDX whose header declares more bytes than that cannot hold them:
+# refused before anything is decompressed into memory.
+DEFLATE_MAX_RATIO = 1032
+IDX_MAX_DIMS = 32  # numpy 1.x's limit on array dimensions; MNIST's files have 1 or 3
+READ_CHUNK = 1 << 20
 SHAPES = ("square", "ellipse", "heart")
 SHAPE_SCALES = np.linspace(0.5, 1.0, 6)
 SHAPE_ROTATIONS = np.linspace(0.0, 2 * np.pi, 8, endpoint=False)
 SHAPE_POSITIONS = np.linspace(0.0, 1.0, 8)
+
+
+class SkippedImagesWarning(UserWarning):
+    """Files of a folder dataset that could not be decoded (or are over MAX_IMAGE_PIXELS) were left out."""
 
 
 @dataclass
@@ -44,6 +65,7 @@ class ImageData:
     train: np.ndarray  # uint8 (N, C, H, W)
     test: np.ndarray
     pad: int = 0  # zero border added around the source images
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # folder files left out, with why
 
     @property
     def channels(self) -> int:
@@ -68,15 +90,10 @@ def load_data(
     if kind in ("digits", "shapes", "mnist") and channels not in (None, 1):
         raise VaekitError(f"--data {kind} is grayscale: it has 1 channel, not {channels}")
     if kind == "mnist":
-        data = load_mnist(Path(arg).expanduser(), image_size)
+        data = load_mnist(_directory(spec), image_size)
         return ImageData(train=data.train[:limit], test=data.test[:limit], pad=data.pad)
     if kind == "folder":
-        files = list_images(Path(arg).expanduser())
-        train_idx, test_idx = split_indices(len(files), test_fraction)
-        train, test = (
-            load_folder([files[i] for i in idx[:limit]], image_size, channels or 3) for idx in (train_idx, test_idx)
-        )
-        return ImageData(train=train, test=test)
+        return load_image_folder(_directory(spec), image_size, channels or 3, test_fraction, limit)
     if kind == "digits":
         images = _resize_all(_digits(), image_size)
     elif kind == "shapes":
@@ -85,6 +102,20 @@ def load_data(
         raise VaekitError(f"unknown --data {spec!r}: use digits, shapes, mnist:DIR or folder:DIR")
     train_idx, test_idx = split_indices(len(images), test_fraction)
     return ImageData(train=images[train_idx[:limit]], test=images[test_idx[:limit]])
+
+
+def _directory(spec: str) -> Path:
+    kind, _, arg = spec.partition(":")
+    try:
+        return Path(arg).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not have
+        raise VaekitError(f"{kind}:{arg}: no such directory") from None
+
+
+def data_dirs(spec: str) -> list[Path]:
+    """The directories a data spec reads (none for the built-in sets): what an output must stay out of."""
+    kind, _, arg = spec.partition(":")
+    return [_directory(spec)] if kind in ("mnist", "folder") and arg else []
 
 
 def split_indices(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +131,7 @@ def _digits() -> np.ndarray:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise VaekitError("--data digits needs scikit-learn: pip install 'vaekit[train]'") from None
+        raise VaekitError(f"--data digits needs scikit-learn: {install_hint('sklearn')}") from None
     pixels = load_digits().images  # (1797, 8, 8), values 0..16
     return np.round(pixels / 16.0 * 255.0).astype(np.uint8)[:, None]
 
@@ -120,24 +151,48 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a uint8 array with the shape its header declares."""
+    """Read an IDX file (optionally gzipped) into a uint8 array with the shape its header declares.
+
+    The declared size is checked against what the file can hold before the body is read, and the body is
+    read in chunks, so a lying header never allocates more than the file's own (decompressed) bytes.
+    """
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                f.seek(0)
+                return _read_idx_stream(f, path, size)
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f) as unzipped:
+                return _read_idx_stream(unzipped, path, size * DEFLATE_MAX_RATIO)
     except (OSError, EOFError, zlib.error) as exc:
         raise VaekitError(f"cannot read {path}: {exc}") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+
+
+def _read_idx_stream(f: io.BufferedIOBase, path: Path, most: int) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != 0x08:
         raise VaekitError(f"{path} is not a uint8 IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    ndim = head[3]
+    if ndim > IDX_MAX_DIMS:
+        raise VaekitError(f"{path} declares {ndim} dimensions; an IDX array vaekit reads has at most {IDX_MAX_DIMS}")
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise VaekitError(f"{path} is truncated (header)")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise VaekitError(f"{path} is truncated or padded: header says {expected} bytes, file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable for torch
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    expected = math.prod(dims)  # Python ints: no overflow, whatever the header says
+    if expected > most:
+        raise VaekitError(f"{path} is truncated: its header declares {expected} bytes, more than the file holds")
+    body = bytearray()
+    while len(body) <= expected and (chunk := f.read(min(READ_CHUNK, expected + 1 - len(body)))):
+        body += chunk  # one byte past the declared size at most: enough to see padding
+    if len(body) != expected:
+        found = "more" if len(body) > expected else str(len(body))
+        raise VaekitError(f"{path} is truncated or padded: header says {expected} bytes, file has {found}")
+    try:
+        return np.frombuffer(body, dtype=np.uint8).reshape(dims)  # a bytearray: writable, as torch wants
+    except ValueError:  # an empty array with dims whose product, zeros left out, is beyond what numpy indexes
+        raise VaekitError(f"{path} declares a shape numpy cannot hold: {dims}") from None
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -211,25 +266,79 @@ def list_images(root: Path) -> list[Path]:
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Center-crop to a square, resize, and return (C, size, size) uint8."""
+    """Center-crop to a square, resize, and return (C, size, size) uint8; never decodes over MAX_IMAGE_PIXELS."""
     try:
-        with Image.open(path) as raw:
-            img = raw.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata: the file decodes, or it is skipped
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over Pillow's own bound: refuse
+            with Image.open(path, formats=IMAGE_FORMATS) as raw:
+                img = _decode(raw, size, channels)
+    except VaekitError as exc:
         raise VaekitError(f"cannot decode image {path}: {exc}") from None
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    except Exception as exc:  # Pillow's decoders raise many types on hostile bytes (OSError, SyntaxError, ...)
+        why = str(exc).splitlines()[0].replace(f" {str(path)!r}", "") if str(exc) else type(exc).__name__
+        raise VaekitError(f"cannot decode image {path}: {why}") from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_folder(files: list[Path], size: int, channels: int) -> np.ndarray:
-    out = np.empty((len(files), channels, size, size), dtype=np.uint8)
-    for i, path in enumerate(files):
-        out[i] = load_image(path, size, channels)
-    return out
+def _decode(raw: Image.Image, size: int, channels: int) -> Image.Image:
+    """Check the header's size before any pixel is decoded; JPEGs decode at 1/2, 1/4 or 1/8 scale when the
+    result still covers `size` (Pillow's draft), which also keeps big photos under the bound."""
+    mode = "L" if channels == 1 else "RGB"
+    raw.draft(mode, (size, size))  # a no-op for formats without reduced-size decoding
+    w, h = raw.size
+    if w < 1 or h < 1:
+        raise VaekitError(f"it has no pixels ({w}x{h})")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise VaekitError(f"{w}x{h} is over the bound of {MAX_IMAGE_PIXELS} pixels per image")
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = raw.convert(mode).crop((left, top, left + side, top + side))
+    return img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def load_folder(files: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """The images that decode, and (file, why) for each that does not."""
+    images, skipped = [], []
+    for path in files:
+        try:
+            images.append(load_image(path, size, channels))
+        except VaekitError as exc:
+            skipped.append((path, str(exc)))
+    out = np.stack(images) if images else np.empty((0, channels, size, size), dtype=np.uint8)
+    return out, skipped
+
+
+def load_image_folder(
+    root: Path, size: int, channels: int, test_fraction: float, limit: int | None = None
+) -> ImageData:
+    """Every image under root, split; files that cannot be decoded are skipped with one warning, unless a split
+    would be left with none (then the first failure is the error)."""
+    files = list_images(root)
+    train_idx, test_idx = split_indices(len(files), test_fraction)
+    splits = []
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        images, skipped = load_folder([files[i] for i in idx[:limit]], size, channels)
+        if not len(images):
+            raise VaekitError(f"{skipped[0][1]}; none of the {len(skipped)} {split} images of folder:{root} decodes")
+        splits.append((images, skipped))
+    (train, bad_train), (test, bad_test) = splits
+    data = ImageData(train=train, test=test, skipped=bad_train + bad_test)
+    if data.skipped:
+        tried = len(data.train) + len(data.test) + len(data.skipped)
+        warnings.warn(skipped_line(root, data.skipped, tried), SkippedImagesWarning, stacklevel=3)
+    return data
+
+
+def skipped_line(root: Path, skipped: list[tuple[Path, str]], tried: int) -> str:
+    """One line for the files a folder dataset left out: how many, and the first few by name."""
+    names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p, _ in skipped[:SKIPPED_SHOWN]]
+    more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    return (
+        f"folder:{root}: skipped {len(skipped)} of {tried} images that cannot be decoded or are over "
+        f"{MAX_IMAGE_PIXELS} pixels: {', '.join(names)}{more}"
+    )
 
 
 # --- procedural shapes (dSprites-style) ---------------------------------------------------------------

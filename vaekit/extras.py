@@ -7,7 +7,8 @@ import importlib.util
 
 from vaekit.errors import VaekitError
 
-# extra -> (import name, package name) it installs; `pip install 'vaekit[EXTRA]'` brings them all.
+# extra -> the packages it installs, as (import name, distribution name): `pip install 'vaekit[EXTRA]'`.
+# Mirrors [project.optional-dependencies] in pyproject.toml; tests/test_extras.py keeps the two in step.
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "train": (
         ("torch", "torch"),
@@ -16,36 +17,79 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("sklearn", "scikit-learn"),
     ),
     "cpu": (("onnxruntime", "onnxruntime"),),
+    "gpu": (("onnxruntime", "onnxruntime-gpu"),),
+    "trt": (("tensorrt", "tensorrt"), ("onnxruntime", "onnxruntime-gpu"), ("cuda", "cuda-python")),
+    "openvino": (("openvino", "openvino"),),
 }
-# command -> the extras it cannot start without (runtimes a command only may use are checked by their backend).
+# command -> the modules it cannot start without. Every command of the CLI has a row (even an empty one).
 NEEDS: dict[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "eval": ("train",),
-    "export": ("train", "cpu"),
-    "build-engine": ("cpu",),
-    "bench": ("cpu",),
+    "train": ("torch", "safetensors"),
+    "eval": ("torch", "safetensors"),
+    "download": (),
+    "export": ("torch", "safetensors", "onnxscript", "onnxruntime"),  # onnxscript: torch's ONNX exporter
+    "parity": (),
+    "generate": (),
+    "reconstruct": (),
+    "info": (),
+    "doctor": (),
+    "view": (),  # --build without --runtime-dir fetches ONNX Runtime Web from the npm registry, no package
+    # tensorrt is checked by the trt backend after the request's own checks, so usage errors come first
+    "build-engine": ("onnxruntime",),  # onnxruntime profiles an fp16 conversion
+    "bench": ("onnxruntime",),  # the GEMM ceiling probe runs on ONNX Runtime
+}
+# command -> modules it uses only when asked (a data source, a runtime, a flag): the backend's status() or the
+# data loader says so in one line at that point; `vaekit doctor` lists the ones missing here.
+MAY_USE: dict[str, tuple[str, ...]] = {
+    "train": ("sklearn",),  # --data digits
+    "eval": ("sklearn",),
+    "export": ("sklearn", "tensorrt", "cuda"),  # --trt
+    "parity": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors"),  # per artifact; --checkpoint
+    "generate": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors"),
+    "reconstruct": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors", "sklearn"),
+    "build-engine": ("tensorrt", "cuda"),  # cuda: device buffers where torch is absent
+    "bench": ("openvino", "tensorrt", "torch", "safetensors"),
 }
 
 
-def missing_modules(extra: str) -> list[str]:
-    """Package names of an extra that do not import here."""
-    return [package for module, package in EXTRAS[extra] if importlib.util.find_spec(module) is None]
+def extra_of(module: str) -> str:
+    """The extra that brings `module`: the first one listing it (onnxruntime -> cpu; gpu/trt bring it too)."""
+    return next(extra for extra, packages in EXTRAS.items() if any(m == module for m, _ in packages))
+
+
+def package_of(module: str) -> str:
+    """The distribution a user installs for `module` (sklearn -> scikit-learn)."""
+    return next(package for m, package in EXTRAS[extra_of(module)] if m == module)
+
+
+def install_hint(*modules: str) -> str:
+    """`pip install 'vaekit[a,b]'` for the extras that bring these modules: the one hint every message gives."""
+    extras = dict.fromkeys(extra_of(m) for m in modules)
+    return f"pip install 'vaekit[{','.join(extras)}]'"
+
+
+def missing(modules: tuple[str, ...]) -> list[str]:
+    """The modules of `modules` that do not import here (found without importing them: torch takes seconds)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
 def require(command: str) -> None:
-    """Stop a command in one line when a package of an extra it needs is missing."""
-    for extra in NEEDS.get(command, ()):
-        missing = missing_modules(extra)
-        if missing:
-            raise VaekitError(
-                f"`vaekit {command}` needs {', '.join(missing)}, which is not installed: pip install 'vaekit[{extra}]'"
-            )
+    """Stop a command in one line when a package it cannot start without is missing."""
+    gaps = missing(NEEDS.get(command, ()))
+    if gaps:
+        names = ", ".join(package_of(m) for m in gaps)
+        verb = "is" if len(gaps) == 1 else "are"
+        raise VaekitError(f"`vaekit {command}` needs {names}, which {verb} not installed: {install_hint(*gaps)}")
+
+
+def _listed(modules: list[str]) -> str:
+    return ", ".join(f"{package_of(m)} (vaekit[{extra_of(m)}])" for m in modules)
 
 
 def report() -> dict[str, str]:
-    """command -> 'ok' or what is missing: what `vaekit doctor` shows."""
+    """command -> 'ok', or what is missing (needed, then used when asked): what `vaekit doctor` shows."""
     found = {}
-    for command, extras in NEEDS.items():
-        gaps = [f"{', '.join(m)} (vaekit[{e}])" for e in extras if (m := missing_modules(e))]
-        found[command] = "missing " + "; ".join(gaps) if gaps else "ok"
+    for command, needs in NEEDS.items():
+        gaps, optional = missing(needs), missing(MAY_USE.get(command, ()))
+        line = f"missing {_listed(gaps)}" if gaps else "ok"
+        found[command] = line + (f"; optional, not installed: {_listed(optional)}" if optional else "")
     return found

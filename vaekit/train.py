@@ -45,10 +45,10 @@ from vaekit.config import (  # the run files' names, re-exported: tests and scri
 from vaekit.config import (
     RUN_FILES as RUN_FILES,
 )
-from vaekit.data import ImageData, load_data
+from vaekit.data import ImageData, data_dirs, load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
-from vaekit.fsutil import atomic_write_text, interrupts_deferred
+from vaekit.fsutil import atomic_write_text, check_output_dir, interrupts_deferred
 from vaekit.images import loss_picture, reconstruction_picture, sample_picture, save_image
 from vaekit.model import VAE, build_model, pick_device
 
@@ -188,6 +188,7 @@ def train(
     Ctrl-C raises KeyboardInterrupt whose message says what was saved and the command that continues; a
     fresh run that fails or is interrupted before its first checkpoint leaves nothing behind.
     """
+    check_output_dir(out, data_dirs(cfg.train.data))  # before the run dir is claimed: never a run inside its data
     ddp, device = _init_distributed(pick_device(device_name))
     where = RunPosition(out, resume)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from vaekit.data import SkippedImagesWarning
 from vaekit.errors import VaekitError
 from vaekit.extras import require
 
@@ -79,6 +81,19 @@ def _from_interrupt(exc: BaseException) -> bool:
     return False
 
 
+PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def _warning_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """vaekit's own warnings (images a folder dataset skipped) as one yellow line; others as Python shows them."""
+    if issubclass(category, SkippedImagesWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+    else:
+        PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
 def command(panel: str, name: str | None = None) -> Callable[[F], F]:
     """app.command that first checks the command's extras, then turns user errors into one red line."""
 
@@ -89,7 +104,9 @@ def command(panel: str, name: str | None = None) -> Callable[[F], F]:
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
                 require(command_name)
-                return fn(*args, **kw)
+                with warnings.catch_warnings():  # restores showwarning when the command returns
+                    warnings.showwarning = _warning_line
+                    return fn(*args, **kw)
             except KeyboardInterrupt as exc:  # train's says what it saved and the command that continues
                 raise stopped(str(exc) or "interrupted") from None
             except VaekitError as exc:

@@ -101,6 +101,10 @@ def export(
 
     if trt and (missing := BACKENDS["trt"].status("cuda")):
         raise VaekitError(f"--trt: {missing}")
+    if web:
+        from vaekit.export.web import check_runtime_dir
+
+        check_runtime_dir(out, web_runtime_dir)  # before the export replaces out/web
     options = ExportOptions(max_batch, precision, int8, calibration_images, trt, data, overwrite)
     result = export_artifacts(
         checkpoint,
