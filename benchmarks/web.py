@@ -10,7 +10,7 @@ median (and the best) over every timed call of every round. Each graph runs on b
 decoder.onnx, and decoder.cpu.onnx (export's exact CPU rewrites), which the bundle ships when present.
 Speed does not depend on the weights, so nothing is trained; the procedural images exist only because
 export proves parity on data.
-Target (issue 13): browser batch 1 within 3x of native (goal 2x).
+Target: browser batch 1 within 3x of native ONNX Runtime (goal 2x).
 """
 
 from __future__ import annotations
