@@ -172,15 +172,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) 
     calibration: real images, float32 in the model's value range; z: prior latents (|z| up to 4).
     """
     t0 = time.perf_counter()
-    model = read_graph(src)
-    meta = graph_metadata(model)
-    role = meta.get("role")
-    if role not in ("encoder", "decoder"):
-        raise VaekitError(f"{src} is not a vaekit graph (no role in its metadata)")
-    if meta.get("precision", "fp32") != "fp32":
-        raise VaekitError(f"{src.name} is already {meta['precision']}: int8 graphs are made from the fp32 graph")
-    if len(calibration) < 1:
-        raise VaekitError("int8 calibration needs at least one image")
+    model, meta, role = _source(src, calibration)
     sets, check, groups, typical, described = calibration_sets(src, role, calibration, z)
     feed = model.graph.input[0].name
     outputs = [o.name for o in model.graph.output]
@@ -238,17 +230,42 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) 
         proto = onnx.load_from_string(final["model"])
     set_metadata(proto, {**meta, "precision": "int8"})
     finalize(proto, dst)
+    summary = _summary(proto, final, attempts, tolerances)
+    return {
+        "file": dst.name,
+        "calibration": f"{final['calibration']} of {described}",
+        "calibration_count": len(sets[final["calibration"]]),
+        "rewrites": rewrites,
+        **summary,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _source(src: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, dict[str, str], str]:
+    """The fp32 vaekit graph to quantize, its metadata and role; anything else is one line."""
+    model = read_graph(src)
+    meta = graph_metadata(model)
+    role = meta.get("role")
+    if role not in ("encoder", "decoder"):
+        raise VaekitError(f"{src} is not a vaekit graph (no role in its metadata)")
+    if meta.get("precision", "fp32") != "fp32":
+        raise VaekitError(f"{src.name} is already {meta['precision']}: int8 graphs are made from the fp32 graph")
+    if len(calibration) < 1:
+        raise VaekitError("int8 calibration needs at least one image")
+    return model, meta, role
+
+
+def _summary(
+    proto: onnx.ModelProto, final: dict[str, Any], attempts: list[dict[str, Any]], tolerances: dict[str, Tolerance]
+) -> dict[str, Any]:
+    """What the chosen graph costs, judged against the tolerance without the search's margin."""
     within = not any(
         judge(m, tolerances[judged_as(name, group == STRESS)])
         for group, found in final["metrics"].items()
         for name, m in found.items()
     )
     return {
-        "file": dst.name,
-        "calibration": f"{final['calibration']} of {described}",
-        "calibration_count": len(sets[final["calibration"]]),
         "method": f"QDQ, symmetric int8 activations (percentile {PERCENTILE}), per-channel symmetric int8 weights",
-        "rewrites": rewrites,
         "fp32_layers": final["fp32_layers"],
         "quantized_layers": sum(1 for n in proto.graph.node if n.op_type in WEIGHTED_OPS) - len(final["fp32_layers"]),
         "accuracy_vs_fp32": final["metrics"],
@@ -257,5 +274,4 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) 
         "attempts": [
             {**{k: a[k] for k in ("calibration", "fp32_layers", "broken")}, "worst": -_rank(a)[1]} for a in attempts
         ],
-        "seconds": round(time.perf_counter() - t0, 2),
     }
