@@ -22,7 +22,7 @@ from torch import nn
 from vaekit import __version__
 from vaekit.checkpoint import Run
 from vaekit.config import RunConfig
-from vaekit.errors import VaekitError
+from vaekit.errors import VaekitError, caused_by_interrupt
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.model import VAE
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, onnx_name
@@ -97,25 +97,13 @@ def _export_graph(module: nn.Module, example: torch.Tensor, role: str, max_batch
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the graph could not be traced
-        if _interrupted(exc):  # Ctrl-C inside the exporter comes back wrapped in its own error type
+        if caused_by_interrupt(exc):  # Ctrl-C inside the exporter comes back wrapped in its own error type
             raise KeyboardInterrupt from None
         first = ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VaekitError(f"torch.onnx.export failed: {first}") from None
     if program is None:
         raise VaekitError("torch.onnx.export returned no program")
     return program.model_proto
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is anywhere in the exception's cause or context chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def export_onnx(run: Run, out_dir: Path, max_batch: int) -> dict[str, Path]:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from vaekit.data import SkippedImagesWarning
-from vaekit.errors import VaekitError
+from vaekit.errors import VaekitError, caused_by_interrupt
 from vaekit.extras import require
 
 
@@ -69,18 +69,6 @@ def stopped(message: str) -> typer.Exit:
     return typer.Exit(INTERRUPTED)
 
 
-def _from_interrupt(exc: BaseException) -> bool:
-    """True when a library turned a Ctrl-C into its own error (torch.onnx.export wraps whatever it meets)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
 PYTHON_SHOWWARNING = warnings.showwarning
 
 
@@ -110,7 +98,7 @@ def command(panel: str, name: str | None = None) -> Callable[[F], F]:
             except KeyboardInterrupt as exc:  # train's says what it saved and the command that continues
                 raise stopped(str(exc) or "interrupted") from None
             except VaekitError as exc:
-                if _from_interrupt(exc):
+                if caused_by_interrupt(exc):
                     raise stopped("interrupted") from None
                 raise fail(str(exc), exc.exit_code) from None
             except MemoryError:

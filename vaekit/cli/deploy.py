@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
 ALL_DEVICES = "cpu,cuda,tensorrt,wasm"
 RUNTIME_HELP = "pyt, onnxrt, openvino, trt; auto: the fastest verified one `vaekit bench --record` measured here."
+# The options every command that loads an artifact shares.
+DeviceOption = Annotated[str | None, typer.Option(help=DEVICE_HELP)]
+TrustOption = Annotated[bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")]
+RuntimeOption = Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")]
 
 
 def _auto(path: Path, role: str, trust: bool, batch: int) -> tuple[Encoder | Decoder, str]:
@@ -239,11 +243,9 @@ def generate(
         int | None,
         typer.Option(help="K steps over [-3, 3] for each top latent dimension: n // K rows (dimensions) of K."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    trust: Annotated[
-        bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
-    ] = False,
-    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")] = None,
+    device: DeviceOption = None,
+    trust: TrustOption = False,
+    runtime: RuntimeOption = None,
 ) -> None:
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
     from vaekit.images import image_format, save_image
@@ -274,11 +276,9 @@ def reconstruct(
     data: Annotated[str | None, typer.Option(help="Images; default: those saved beside the encoder at export.")] = None,
     n: Annotated[int, typer.Option(help="Number of images.")] = 32,
     out: Annotated[Path, typer.Option(help="PNG: inputs above, reconstructions below.")] = Path("recon.png"),
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    trust: Annotated[
-        bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")
-    ] = False,
-    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")] = None,
+    device: DeviceOption = None,
+    trust: TrustOption = False,
+    runtime: RuntimeOption = None,
 ) -> None:
     """Encode real images to mu and decode them back, with any pair of artifacts."""
     from vaekit.data import load_data, to_float
