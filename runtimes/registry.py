@@ -1,8 +1,9 @@
 """One registry entry per runtime: how to load an artifact, how to describe it without running it, and
 whether it can run here (with the reason when not). Nothing outside a backend branches on its name.
 
-Each backend module provides `load(path, role, device, **options)`, `describe(path)` and
-`status(device)`, and imports its own library lazily, so this module needs numpy alone.
+Each backend module provides `load(path, role, device, **options)`, `describe(path, role)`,
+`status(device)` and, where it offers runtime-side precisions, `precision_status(device, precision)`; it
+imports its own library lazily, so this module needs numpy alone.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
 @dataclass(frozen=True)
 class Backend:
-    name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino
-    label: str  # what reports show (ArtifactInfo.backend): pytorch, onnxruntime, tensorrt, openvino
+    name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino, browser
+    label: str  # what reports show (ArtifactInfo.backend): pytorch, onnxruntime, tensorrt, openvino, ...
     module: str
     suffixes: tuple[str, ...]  # artifact files it reads
     devices: tuple[str, ...]  # the first is its default
