@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from vaekit.errors import VaekitError
-from vaekit.images import picture, prior_latents, sample_picture
+from vaekit.images import check_count, picture, prior_latents, sample_picture
 from vaekit.runtimes.base import Decoder, Encoder, in_batches
 
 TRAVERSE_SPAN = 3.0  # traversals sweep each latent over [-3, 3] standard deviations of the prior
@@ -93,8 +93,7 @@ def picture_latents(
 ) -> tuple[np.ndarray, int | None, list[int]]:
     """The latents `vaekit generate` decodes: prior samples, or n // K rows of K interpolation or traversal
     steps. Returns (z, columns per row or None for a square grid, the traversed dimensions)."""
-    if n < 1:
-        raise VaekitError(f"--n must be >= 1, got {n}")
+    check_count(n)
     if interpolate is not None and traverse is not None:
         raise VaekitError("--interpolate and --traverse are separate pictures: pick one")
     steps = interpolate if interpolate is not None else traverse

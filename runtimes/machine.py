@@ -64,6 +64,11 @@ def cpu_flags() -> set[str]:
     return set((info.get("flags") or info.get("Features") or "").split())
 
 
+def isa_flags() -> str:
+    """The vector ISA flags that decide which kernels a runtime can use here."""
+    return " ".join(f for f in ISA_FLAGS if f in cpu_flags()) or "unknown"
+
+
 def cpu_model() -> str:
     return cpuinfo().get("model name") or platform.processor() or "unknown"
 
@@ -104,7 +109,7 @@ def cpu_peak(cores: int) -> dict[str, Any]:
         "clock_ghz": round(clock_ghz, 3),
         "clock_source": clock_source,
         "isa": isa,
-        "isa_flags": " ".join(f for f in ISA_FLAGS if f in flags) or "unknown",
+        "isa_flags": isa_flags(),
         "int8_dot_product": "VNNI" if int8 else "none (int8 runs on multiply-add pairs)",
         "flop_per_cycle": per_cycle,
         "peak_gflops": round(cores * clock_ghz * per_cycle, 1),
@@ -158,7 +163,7 @@ def machine_report() -> dict[str, Any]:
     """`vaekit doctor`: versions, CPU, GPUs and, per backend and device, 'ok' or why not."""
     from vaekit.runtimes.registry import runtime_status
 
-    cpu = {"model": cpu_model(), "cores": os.cpu_count() or 1, "isa": cpu_peak(1)["isa_flags"]}
+    cpu = {"model": cpu_model(), "cores": os.cpu_count() or 1, "isa": isa_flags()}
     versions = {name: _version(name) for name in VERSIONED}
     runtimes = {
         backend: {device: reason or "ok" for device, reason in devices.items()}

@@ -12,6 +12,7 @@ own int8 route, which bench measures beside vaekit's int8 graphs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def import_ov() -> Any:
     return openvino
 
 
+@functools.cache
 def _core() -> Any:
+    """One OpenVINO Core per process: creating one enumerates the devices, which status() asks often."""
     return import_ov().Core()
 
 

@@ -20,7 +20,7 @@ from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.artifacts import artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
 from vaekit.runtimes.golden import golden_reference
-from vaekit.runtimes.registry import BACKENDS, backends_for, describe, load_decoder, load_encoder
+from vaekit.runtimes.registry import BACKENDS, Backend, backends_for, describe, load_decoder, load_encoder
 
 PARITY_SEED = 20240229
 Z_LIMIT = 4.0
@@ -267,24 +267,31 @@ def candidates(artifact_dir: Path, devices: tuple[str, ...]) -> tuple[list[Candi
     """Every (artifact, runtime) parity can check here, and runtime -> why it cannot (said once per runtime)."""
     found: list[Candidate] = []
     missing: dict[str, str] = {}
+    reasons: dict[tuple[str, str, str], str] = {}  # (backend, device, precision) -> why not: asked once per call
+
+    def why_not(backend: Backend, device: str, precision: str) -> str:
+        key = (backend.name, device, precision)
+        if key not in reasons:
+            reasons[key] = backend.precision_status(device, precision) if precision else backend.status(device)
+        return reasons[key]
+
     for role, path in artifact_files(artifact_dir):
+        fp32 = None  # read from the graph only when a backend offers runtime precisions
         for backend in backends_for(path):
             for device in (d for d in backend.devices if d in devices):
-                plain = Candidate(role, path, backend.name, device)
-                reason = backend.status(device)
-                if reason:
-                    missing.setdefault(plain.runtime, reason)
-                    continue
-                found.append(plain)
-                if describe(path).precision != "fp32":
-                    continue
-                for precision in backend.runtime_precisions:
-                    hinted = Candidate(role, path, backend.name, device, precision)
-                    reason = backend.precision_status(device, precision)
+                for precision in ("", *backend.runtime_precisions):
+                    if precision:
+                        fp32 = describe(path).precision == "fp32" if fp32 is None else fp32
+                        if not fp32:
+                            break
+                    candidate = Candidate(role, path, backend.name, device, precision or None)
+                    reason = why_not(backend, device, precision)
                     if reason:
-                        missing.setdefault(hinted.runtime, reason)
+                        missing.setdefault(candidate.runtime, reason)
+                        if not precision:
+                            break  # the backend cannot run here at all
                     else:
-                        found.append(hinted)
+                        found.append(candidate)
     return found, missing
 
 

@@ -111,8 +111,7 @@ def backend_for(path: Path, name: str | None = None) -> Backend:
         if path.suffix.lower() not in backend.suffixes:
             raise VaekitError(f"the {name} backend reads {', '.join(backend.suffixes)} files, not {path.name}")
         return backend
-    suffix = path.suffix.lower()
-    found = next((b for b in BACKENDS.values() if suffix in b.suffixes), None)
+    found = next(iter(backends_for(path)), None)
     if found is None:
         known = ", ".join(s for b in BACKENDS.values() for s in b.suffixes)
         raise VaekitError(

@@ -164,16 +164,21 @@ def ctrl_c(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
     return proc.returncode, [line for line in err.splitlines() if line.strip()]
 
 
+def train_then_ctrl_c(args: list[str], after: str, wait_s: float = 0.0) -> tuple[int, list[str]]:
+    """Start `vaekit train`, press Ctrl-C once `after` is printed (and wait_s more), reap it either way."""
+    proc = start_training(args)
+    try:
+        read_until(proc, after)
+        time.sleep(wait_s)
+        return ctrl_c(proc)
+    finally:
+        sigkill(proc)
+
+
 def test_ctrl_c_in_epoch_1_leaves_nothing_and_the_same_command_works(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [*TINY_DIGITS, "--epochs", "1", "--out", str(out)]
-    proc = start_training(args)
-    try:
-        read_until(proc, "steps ")  # the header's last line: epoch 1 starts now
-        time.sleep(0.3)
-        code, lines = ctrl_c(proc)
-    finally:
-        sigkill(proc)
+    code, lines = train_then_ctrl_c(args, "steps ", 0.3)  # the header's last line: epoch 1 starts now
     assert code == 130 and len(lines) == 1, lines
     said = r"interrupted (before epoch 1|in epoch 1 \(batch \d+/26\)): no epoch finished, so nothing was kept in "
     assert re.fullmatch(said + re.escape(f"{out}; run the same command again"), lines[0]), lines[0]
@@ -184,12 +189,8 @@ def test_ctrl_c_in_epoch_1_leaves_nothing_and_the_same_command_works(tmp_path: P
 
 def test_ctrl_c_after_epoch_1_then_the_suggested_command_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = start_training([*TINY_DIGITS, "--epochs", "2", "--out", str(out)])
-    try:
-        read_until(proc, "epoch 1/2  train loss")  # printed once epoch 1 is saved
-        code, lines = ctrl_c(proc)
-    finally:
-        sigkill(proc)
+    args = [*TINY_DIGITS, "--epochs", "2", "--out", str(out)]
+    code, lines = train_then_ctrl_c(args, "epoch 1/2  train loss")  # printed once epoch 1 is saved
     assert code == 130 and len(lines) == 1, lines
     at = r"interrupted (in epoch 2 \(batch \d+/26\)|after epoch 1): epoch 1 is saved in "
     assert re.match(at + re.escape(f"{out}; continue with: "), lines[0]), lines[0]

@@ -40,11 +40,16 @@ def font(size: int = CAPTION_SIZE) -> Font:
     return ImageFont.load_default(size=size)
 
 
+def check_count(n: int) -> None:
+    """--n, the number of pictures a command draws: the one place it is checked."""
+    if n < 1:
+        raise VaekitError(f"--n must be >= 1, got {n}")
+
+
 def prior_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
     """z ~ N(0, I) for sample pictures, drawn by one rule (numpy's default_rng) wherever they are drawn:
     training's samples.png and `vaekit generate --seed S` of the same run show the same images."""
-    if n < 1:
-        raise VaekitError(f"--n must be >= 1, got {n}")
+    check_count(n)
     return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
 
 

@@ -37,6 +37,14 @@ TrustOption = Annotated[bool, typer.Option("--trust", help="Load an artifact who
 RuntimeOption = Annotated[str | None, typer.Option(help=RUNTIME_HELP, show_default="the artifact's own")]
 
 
+def _check_picture(n: int, out: Path) -> None:
+    """--n and an --out this cannot write are refused before anything is loaded or decoded."""
+    from vaekit.images import check_count, image_format
+
+    check_count(n)
+    image_format(out)
+
+
 def _auto(path: Path, role: str, trust: bool, batch: int) -> tuple[Encoder | Decoder, str]:
     """The fastest verified runtime `vaekit bench --record` measured for this directory on this machine."""
     from vaekit.runtimes.artifacts import artifact_dir_of, provenance
@@ -248,12 +256,10 @@ def generate(
     runtime: RuntimeOption = None,
 ) -> None:
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
-    from vaekit.images import image_format, save_image
+    from vaekit.images import save_image
     from vaekit.runtimes.generate import decode_all, generate_picture, picture_latents
 
-    if n < 1:
-        raise VaekitError(f"--n must be >= 1, got {n}")
-    image_format(out)  # an --out this cannot write is refused before anything is decoded
+    _check_picture(n, out)
     decoder, origin = _decoder(engine, device, trust, runtime, n)
     if origin:
         note(origin)
@@ -282,13 +288,11 @@ def reconstruct(
 ) -> None:
     """Encode real images to mu and decode them back, with any pair of artifacts."""
     from vaekit.data import load_data, to_float
-    from vaekit.images import grid, image_format, labelled_rows, save_image, scale_to_width, titled
+    from vaekit.images import grid, labelled_rows, save_image, scale_to_width, titled
     from vaekit.runtimes.artifacts import load_inputs
     from vaekit.runtimes.generate import reconstruct as run_reconstruct
 
-    if n < 1:
-        raise VaekitError(f"--n must be >= 1, got {n}")
-    image_format(out)
+    _check_picture(n, out)
     enc, enc_origin = _encoder(encoder, device, trust, runtime, n)
     dec, dec_origin = _decoder(decoder, device, trust, runtime, n)
     for origin in (enc_origin, dec_origin):
