@@ -1,22 +1,26 @@
 """`vaekit build-engine` as a library call: a TensorRT engine from an exported ONNX graph, built on the device
 that will run it, and listed in the manifest beside it.
 
-Precision comes from the graph (TensorRT builds strongly typed networks); asking for fp16 given an fp32
-graph writes the fp16 graph first, profiled on the parity inputs saved beside it at export.
+Precision comes from the graph (TensorRT builds strongly typed networks); asking for fp16 or bf16 given an
+fp32 graph writes that graph first, checked on the parity inputs saved beside it at export.
 Needs onnx + onnxruntime + tensorrt, never torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vaekit.data import to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.export.manifest import add_files
 from vaekit.runtimes.artifacts import ONNX_SUFFIX, PRECISIONS, load_inputs, onnx_name, plan_name, sidecar_path
 from vaekit.runtimes.base import ArtifactInfo
+from vaekit.runtimes.cuda import gpu_identity
 from vaekit.runtimes.registry import BACKENDS, describe
 
 
@@ -44,7 +48,7 @@ class EngineRequest:
         if self.converts(info) and self.precision == "int8":
             int8_graph = onnx_name(info.role, "int8")
             raise UsageError(f"int8 engines are built from the Q/DQ graph: `vaekit export --int8` writes {int8_graph}")
-        if self.converts(info) and (info.precision, self.precision) != ("fp32", "fp16"):
+        if self.converts(info) and (info.precision != "fp32" or self.precision not in FLOAT_GRAPHS):
             raise UsageError(
                 f"{self.onnx.name} holds an {info.precision} graph: the engine's precision is the graph's; "
                 f"pass the {self.precision} graph instead"
@@ -55,24 +59,38 @@ class EngineRequest:
         return self.precision is not None and self.precision != info.precision
 
 
-def _fp16_graph(onnx: Path, info: ArtifactInfo) -> tuple[Path, dict[str, Any]]:
-    from vaekit.export.fp16 import convert_fp16
+FLOAT_GRAPHS = ("fp16", "bf16")  # precisions written from the fp32 graph without calibration data
 
+
+def float_converter(precision: str) -> Callable[[Path, Path, np.ndarray, np.ndarray], dict[str, Any]]:
+    """The pass that writes a `precision` graph from the fp32 one: fp16 range-profiled, bf16 rounded."""
+    if precision == "fp16":
+        from vaekit.export.fp16 import convert_fp16
+
+        return convert_fp16
+    from vaekit.export.bf16 import convert_bf16
+
+    return convert_bf16
+
+
+def _float_graph(onnx: Path, info: ArtifactInfo, precision: str) -> tuple[Path, dict[str, Any]]:
     images_u8, z = load_inputs(onnx.parent)
-    target = onnx.with_name(onnx_name(info.role, "fp16"))
-    return target, convert_fp16(onnx, target, to_float(images_u8, info.value_range), z)
+    target = onnx.with_name(onnx_name(info.role, precision))
+    return target, float_converter(precision)(onnx, target, to_float(images_u8, info.value_range), z)
 
 
 def build_for_device(request: EngineRequest) -> dict[str, Any]:
     """Check, convert if asked, build, and record the new files in the manifest; returns the build summary
-    (with the fp16 conversion's report under "fp16" when one was made)."""
-    from vaekit.export.tensorrt import build_engine
+    (with the conversion's report under its precision, "fp16" or "bf16", when one was made)."""
+    from vaekit.export.tensorrt import build_engine, check_gpu_precision
 
     info = request.check()
     missing = BACKENDS["trt"].status("cuda")
     if missing:
         raise VaekitError(f"build-engine needs TensorRT and an NVIDIA GPU: {missing}")
-    source, fp16 = _fp16_graph(request.onnx, info) if request.converts(info) else (request.onnx, None)
+    check_gpu_precision(request.precision or info.precision, gpu_identity(0))
+    converted = request.converts(info)
+    source, report = _float_graph(request.onnx, info, str(request.precision)) if converted else (request.onnx, None)
     plan = request.out or request.onnx.parent / plan_name(info.role)
     result = build_engine(
         source,
@@ -82,6 +100,6 @@ def build_for_device(request: EngineRequest) -> dict[str, Any]:
         workspace=request.workspace_mib * 2**20,
     )
     add_files(plan.parent, [plan, sidecar_path(plan), *([source] if source != request.onnx else [])])
-    if fp16 is not None:
-        result["fp16"] = fp16
+    if report is not None:
+        result[str(request.precision)] = report
     return result

@@ -28,9 +28,9 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from vaekit.errors import VaekitError
-from vaekit.export.graph import finalize, set_metadata
+from vaekit.export.graph import finalize, fp32_source, set_metadata
 from vaekit.runtimes.layerwise_budget import node_budget
-from vaekit.runtimes.onnxrt import cpu_session, graph_metadata, read_graph
+from vaekit.runtimes.onnxrt import cpu_session
 from vaekit.runtimes.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
 
 FP16_MAX = 65504.0  # largest finite float16
@@ -278,13 +278,8 @@ def convert_fp16(
     """
     if margin < 1:
         raise VaekitError(f"fp16 headroom margin must be >= 1, got {margin}")
-    model = read_graph(src)
-    meta = graph_metadata(model)
-    if meta.get("precision", "fp32") != "fp32":
-        raise VaekitError(f"{src.name} is already {meta['precision']}: fp16 graphs are made from the fp32 graph")
-    role = meta.get("role")
-    if role not in ("encoder", "decoder"):
-        raise VaekitError(f"{src} is not a vaekit graph (no role in its metadata)")
+    model, meta = fp32_source(src, "fp16")
+    role = meta["role"]
     inputs = images if role == "encoder" else z
     feed = {model.graph.input[0].name: np.ascontiguousarray(inputs, dtype=np.float32)}
     io_types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}

@@ -11,6 +11,7 @@ import onnx
 
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes
+from vaekit.runtimes.onnxrt import graph_metadata, read_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # one serialized proto; beyond it weights would have to go external
 
@@ -19,6 +20,17 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in sorted(meta.items()):
         proto.metadata_props.add(key=key, value=value)
+
+
+def fp32_source(src: Path, target: str) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The fp32 vaekit graph a precision graph is made from, and its metadata; anything else is one line."""
+    model = read_graph(src)
+    meta = graph_metadata(model)
+    if meta.get("precision", "fp32") != "fp32":
+        raise VaekitError(f"{src.name} is already {meta['precision']}: {target} graphs are made from the fp32 graph")
+    if meta.get("role") not in ("encoder", "decoder"):
+        raise VaekitError(f"{src} is not a vaekit graph (no role in its metadata)")
+    return model, meta
 
 
 def finalize(proto: onnx.ModelProto, path: Path) -> None:

@@ -27,6 +27,7 @@ from vaekit.checkpoint import Run, load_run
 from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.data import ImageData, data_dirs, load_data, to_float
 from vaekit.errors import VaekitError
+from vaekit.export.engines import FLOAT_GRAPHS, float_converter
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
@@ -209,14 +210,13 @@ def _precision_graphs(
     z: np.ndarray,
     opts: ExportOptions,
 ) -> None:
-    """fp16 graphs (profiled on the parity inputs) and int8 graphs (calibrated on training images)."""
-    if opts.precision == "fp16":
-        from vaekit.export.fp16 import convert_fp16
-
-        result.details["fp16"] = step(
-            "fp16",
+    """fp16 graphs (profiled on the parity inputs), bf16 graphs and int8 graphs (calibrated on training images)."""
+    if opts.precision in FLOAT_GRAPHS:
+        convert = float_converter(opts.precision)
+        result.details[opts.precision] = step(
+            opts.precision,
             lambda: {
-                role: convert_fp16(p, p.with_name(onnx_name(role, "fp16")), images, z) for role, p in paths.items()
+                role: convert(p, p.with_name(onnx_name(role, opts.precision)), images, z) for role, p in paths.items()
             },
         )
     if opts.quantize:

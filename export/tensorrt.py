@@ -1,7 +1,7 @@
 """Build a TensorRT engine from one of our ONNX graphs: one code path for TensorRT 10.x (Jetson) and 11.x.
 
 The network is strongly typed (required in 11.x, accepted in 10.x): precision comes from the graph's
-types (fp32, fp16 graph, or explicit Q/DQ int8 graph), never from builder flags or calibrators, which
+types (fp32, fp16 or bf16 graph, or explicit Q/DQ int8 graph), never from builder flags or calibrators, which
 11.x removed. One optimization profile covers batch 1..max_batch; the timing cache beside the plan makes
 rebuilds fast. After the build the engine inspector shows what precision the layers really run in, and
 a reduced-precision graph that came out all fp32 (a build that "succeeds" silently) is refused. The
@@ -26,6 +26,17 @@ from vaekit.runtimes.onnxrt import graph_metadata, read_graph
 from vaekit.runtimes.trt import import_trt, inspect_engine, layer_precisions
 
 WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT may use per layer; our VAEs need far less
+BF16_MIN_COMPUTE = (8, 0)  # TensorRT runs bfloat16 from Ampere (sm_80; Jetson Orin is 8.7) on
+
+
+def check_gpu_precision(precision: str, gpu: dict[str, str]) -> None:
+    """Refuse, before any work, a bf16 engine on a GPU without bfloat16 arithmetic."""
+    major, _, minor = gpu["compute_capability"].partition(".")
+    if precision == "bf16" and (int(major), int(minor or 0)) < BF16_MIN_COMPUTE:
+        raise VaekitError(
+            f"{gpu['name']} (compute {gpu['compute_capability']}) has no bfloat16 arithmetic: TensorRT needs compute "
+            f"{'.'.join(map(str, BF16_MIN_COMPUTE))} or newer for bf16; build the fp16 graph instead"
+        )
 
 
 def make_sidecar(
@@ -154,6 +165,7 @@ def build_engine(
     if missing:
         raise VaekitError(f"building {plan_path.name}: {missing}")
     gpu = gpu_identity(0)
+    check_gpu_precision(info.precision, gpu)
 
     logger = _logger(trt)
     builder, network = _network(trt, logger, onnx_path)

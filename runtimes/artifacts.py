@@ -24,7 +24,7 @@ Role = Literal["encoder", "decoder"]
 ROLES: tuple[Role, ...] = ("encoder", "decoder")
 WITH_ARTICLE = {"encoder": "an encoder", "decoder": "a decoder"}  # for messages that name a role
 # Precision -> the suffix its graphs carry ("decoder.fp16.onnx"); fp32 is the portable graph itself.
-PRECISION_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
+PRECISION_SUFFIX = {"fp32": "", "fp16": ".fp16", "bf16": ".bf16", "int8": ".int8"}
 PRECISIONS = tuple(PRECISION_SUFFIX)
 # Tensor names of the two graphs: the ONNX exporter writes them, every backend feeds and reads them.
 INPUT_NAME: dict[str, str] = {"encoder": "image", "decoder": "z"}

@@ -224,7 +224,11 @@ def plan_jobs(artifact_dir: Path, settings: BenchSettings) -> tuple[list[Job], l
             notes.append(Row(runtime=name, graph="-", precision="-", batch=0, note=missing or nothing))
             continue
         for graph, precision, path in targets:
-            jobs.append(Job(name, graph, precision, str(path)).timed(settings, artifact_dir))
+            limit = BACKENDS[peer.backend].graph_status(peer.device, precision) if not peer.precision else ""
+            if limit:
+                notes.append(Row(runtime=name, graph=graph, precision=precision, batch=0, note=limit))
+            else:
+                jobs.append(Job(name, graph, precision, str(path)).timed(settings, artifact_dir))
     return jobs, notes
 
 

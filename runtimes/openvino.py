@@ -85,9 +85,11 @@ def _precision(info: ArtifactInfo, asked: str | None, device: str) -> str:
     return asked
 
 
-def _config(precision: str, threads: int | None, cache_dir: Path | None) -> dict[str, Any]:
+def _config(precision: str, device: str, threads: int | None, cache_dir: Path | None) -> dict[str, Any]:
     # int8 graphs: the quantized layers run int8 whatever the hint; the rest stays fp32 as in the graph.
-    hint = HINTS.get(precision, HINTS["fp32"])[0]
+    # A bf16/fp16 graph on a device without those units: f32 arithmetic on the graph's rounded values.
+    native = precision in HINTS and not (precision != "fp32" and precision_status(device, precision))
+    hint = HINTS[precision if native else "fp32"][0]
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -128,7 +130,9 @@ class OvRunner:
             model = core.read_model(str(path))
             if calibration is not None:
                 model, computes = _quantize(model, role, calibration), "int8"
-            self.compiled = core.compile_model(model, DEVICE_NAMES[device], _config(computes, threads, cache_dir))
+            self.compiled = core.compile_model(
+                model, DEVICE_NAMES[device], _config(computes, device, threads, cache_dir)
+            )
         except VaekitError:
             raise
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own: the graph cannot load
@@ -197,7 +201,7 @@ def capture_tensors(
     wanted = [n for n in dict.fromkeys(names) if n in known]
     if wanted:
         model.add_outputs(wanted)
-    compiled = core.compile_model(model, DEVICE_NAMES[device], _config(computes, threads, None))
+    compiled = core.compile_model(model, DEVICE_NAMES[device], _config(computes, device, threads, None))
     results = compiled.create_infer_request().infer({INPUT_NAME[info.role]: x})
     found: dict[str, np.ndarray] = {}
     for out in compiled.outputs:

@@ -17,7 +17,7 @@ import numpy as np
 
 from vaekit.data import load_data, to_float
 from vaekit.errors import UsageError, VaekitError
-from vaekit.runtimes.artifacts import artifact_dir_of, artifact_files, load_inputs
+from vaekit.runtimes.artifacts import Role, artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
 from vaekit.runtimes.golden import golden_reference
 from vaekit.runtimes.registry import BACKENDS, Backend, backends_for, describe, load_decoder, load_encoder
@@ -275,21 +275,34 @@ def candidates(artifact_dir: Path, devices: tuple[str, ...]) -> tuple[list[Candi
             reasons[key] = backend.precision_status(device, precision) if precision else backend.status(device)
         return reasons[key]
 
+    precisions: dict[Path, str] = {}  # a graph's own precision, read only when a backend needs it
+
+    def graph_precision(path: Path, role: Role) -> str:
+        if path not in precisions:
+            precisions[path] = describe(path, role).precision
+        return precisions[path]
+
     for role, path in artifact_files(artifact_dir):
-        fp32 = None  # read from the graph only when a backend offers runtime precisions
         for backend in backends_for(path):
             for device in (d for d in backend.devices if d in devices):
-                for precision in ("", *backend.runtime_precisions):
-                    if precision:
-                        fp32 = describe(path).precision == "fp32" if fp32 is None else fp32
-                        if not fp32:
-                            break
-                    candidate = Candidate(role, path, backend.name, device, precision or None)
+                runtime = Candidate(role, path, backend.name, device).runtime
+                reason = why_not(backend, device, "")
+                if not reason and backend.graph_limits:
+                    limit = backend.graph_status(device, graph_precision(path, role))
+                    if limit:
+                        missing.setdefault(f"{runtime} on {path.name}", limit)
+                        continue
+                if reason:
+                    missing.setdefault(runtime, reason)
+                    continue  # the backend cannot run here at all
+                found.append(Candidate(role, path, backend.name, device))
+                if not backend.runtime_precisions or graph_precision(path, role) != "fp32":
+                    continue
+                for precision in backend.runtime_precisions:
+                    candidate = Candidate(role, path, backend.name, device, precision)
                     reason = why_not(backend, device, precision)
                     if reason:
                         missing.setdefault(candidate.runtime, reason)
-                        if not precision:
-                            break  # the backend cannot run here at all
                     else:
                         found.append(candidate)
     return found, missing

@@ -28,6 +28,7 @@ class Backend:
     devices: tuple[str, ...]  # the first is its default
     summary: str
     runtime_precisions: tuple[str, ...] = ()  # precisions it can run an fp32 graph in (a runtime-side hint)
+    graph_limits: tuple[tuple[str, str, str], ...] = ()  # (device, graph precision, why it cannot run it)
 
     def _impl(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -43,7 +44,13 @@ class Backend:
         return device
 
     def load(self, path: Path, role: Role, device: str = "", **options: object) -> Encoder | Decoder:
-        loaded: Encoder | Decoder = self._impl().load(path, role, self.check_device(device), **options)
+        device = self.check_device(device)
+        if self.graph_limits:
+            precision = self.describe(path, role).precision
+            missing = self.graph_status(device, precision)
+            if missing:
+                raise VaekitError(f"{path.name} is a {precision} graph: {missing}")
+        loaded: Encoder | Decoder = self._impl().load(path, role, device, **options)
         return loaded
 
     def describe(self, path: Path, role: Role = "decoder") -> ArtifactInfo:
@@ -55,6 +62,11 @@ class Backend:
         reason: str = self._impl().status(self.check_device(device))
         return reason
 
+    def graph_status(self, device: str, precision: str) -> str:
+        """'' when this backend can run a graph stored in `precision` on `device`, else why not."""
+        kind = self.check_device(device).split(":")[0]
+        return next((why for d, p, why in self.graph_limits if (d, p) == (kind, precision)), "")
+
     def precision_status(self, device: str, precision: str) -> str:
         """'' when this backend can run an fp32 graph in `precision` on `device` here, else why not."""
         if precision not in self.runtime_precisions:
@@ -63,6 +75,7 @@ class Backend:
         return reason
 
 
+BF16_ELSEWHERE = "run it with --runtime openvino, or build a TensorRT engine from it (vaekit build-engine)"
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
@@ -74,6 +87,10 @@ BACKENDS: dict[str, Backend] = {
             (ONNX_SUFFIX,),
             ("cpu", "cuda", "tensorrt"),  # tensorrt: ONNX Runtime's TensorRT execution provider
             "ONNX Runtime",
+            graph_limits=(
+                ("cpu", "bf16", f"ONNX Runtime's CPU provider has no bfloat16 arithmetic; {BF16_ELSEWHERE}"),
+                ("cuda", "bf16", f"ONNX Runtime's CUDA provider has no bfloat16 Conv; {BF16_ELSEWHERE}"),
+            ),
         ),
         Backend("trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines"),
         Backend(
@@ -92,6 +109,7 @@ BACKENDS: dict[str, Backend] = {
             (ONNX_SUFFIX,),
             ("wasm",),
             "ONNX Runtime Web in Chromium",
+            graph_limits=(("wasm", "bf16", "ONNX Runtime Web has no bfloat16 kernels"),),
         ),
     )
 }

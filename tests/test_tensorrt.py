@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from vaekit.cli.main import app
 from vaekit.errors import VaekitError
-from vaekit.export.tensorrt import check_precision, make_sidecar
+from vaekit.export.tensorrt import check_gpu_precision, check_precision, make_sidecar
 from vaekit.runtimes.artifacts import read_sidecar, sidecar_path
 from vaekit.runtimes.registry import BACKENDS, describe, load_decoder
 from vaekit.runtimes.trt import check_compatible, layer_precisions
@@ -26,6 +26,7 @@ from vaekit.runtimes.trt import check_compatible, layer_precisions
 runner = CliRunner()
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+XAVIER = {"name": "Xavier", "compute_capability": "7.2"}
 TRT_MISSING = BACKENDS["trt"].status("cuda")
 no_tensorrt_here = pytest.mark.skipif(not TRT_MISSING, reason="TensorRT and a GPU are usable here")
 gpu = pytest.mark.gpu
@@ -160,6 +161,7 @@ def test_without_tensorrt_each_entry_point_says_what_is_missing(fp32_art: Path, 
         ["export", "--checkpoint", str(conv_run), "--trt", "--out", str(fp32_art.parent / "never")],
         ["build-engine", str(fp32_art / "decoder.onnx")],
         ["build-engine", str(fp32_art / "decoder.onnx"), "--precision", "fp16"],
+        ["build-engine", str(fp32_art / "decoder.onnx"), "--precision", "bf16"],
         ["generate", "--engine", str(plan), "--out", str(fp32_art / "g.png")],
     )
     for args in commands:
@@ -167,15 +169,24 @@ def test_without_tensorrt_each_entry_point_says_what_is_missing(fp32_art: Path, 
         lines = error_lines(result.stderr)
         assert result.exit_code == 1 and len(lines) == 1, (args, result.stderr)
         assert "tensorrt not installed" in lines[0] and "pip install 'vaekit[trt]'" in lines[0], lines[0]
-    assert not (fp32_art / "decoder.fp16.onnx").exists()  # nothing converted for a build that cannot happen
+    for precision in ("fp16", "bf16"):  # nothing converted for a build that cannot happen
+        assert not (fp32_art / f"decoder.{precision}.onnx").exists()
     assert not (fp32_art.parent / "never").exists()
+
+
+def test_bf16_engines_are_refused_before_any_work_on_gpus_without_bf16() -> None:
+    check_gpu_precision("bf16", ORIN)
+    check_gpu_precision("bf16", H100)
+    check_gpu_precision("fp16", XAVIER)
+    with pytest.raises(VaekitError, match=r"Xavier \(compute 7.2\) has no bfloat16.*8.0 or newer.*fp16 graph"):
+        check_gpu_precision("bf16", XAVIER)
 
 
 def test_build_engine_usage_errors(fp32_art: Path) -> None:
     for args, pattern in (
         ([str(fp32_art / "parity_inputs.npz")], "takes an .onnx graph"),
         ([str(fp32_art / "decoder.onnx"), "--precision", "int8"], "Q/DQ graph"),
-        ([str(fp32_art / "decoder.onnx"), "--precision", "bf16"], "--precision must be"),
+        ([str(fp32_art / "decoder.onnx"), "--precision", "fp8"], "--precision must be"),
     ):
         result = runner.invoke(app, ["build-engine", *args])
         assert result.exit_code == 2 and pattern in error_lines(result.stderr)[0], result.stderr
@@ -189,9 +200,14 @@ def engines(conv_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     if TRT_MISSING:
         pytest.skip(f"needs TensorRT on a CUDA GPU: {TRT_MISSING}")
     from vaekit.export.pipeline import export_artifacts
+    from vaekit.runtimes.cuda import gpu_identity
 
     found = {}
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp16", "bf16"):
+        try:
+            check_gpu_precision(precision, gpu_identity(0))
+        except VaekitError:
+            continue  # a bf16 build on a GPU without bf16 (tested above without a GPU)
         out = tmp_path_factory.mktemp(f"engines_{precision}")
         result = export_artifacts(conv_run, out, max_batch=8, precision=precision, trt=True)
         assert result.report.passed, result.report.to_json()
@@ -223,6 +239,20 @@ def test_fp16_engines_reach_40_db_and_run_in_fp16(engines: dict[str, Path]) -> N
     assert sidecar is not None and sidecar["precision"] == "fp16" and sidecar["layers"].get("fp16", 0) > 0
     assert sidecar["source_onnx"] == "decoder.fp16.onnx"
     assert sidecar["tensorrt_version"] == import_trt().__version__ and sidecar["gpu"] == gpu_identity(0)
+
+
+@gpu
+@needs_tensorrt
+def test_bf16_engines_reach_40_db_and_run_in_bf16(engines: dict[str, Path]) -> None:
+    from vaekit.runtimes.cuda import gpu_identity
+
+    if not engines.get("bf16"):
+        pytest.skip("this GPU has no bfloat16 arithmetic")
+    cases = _cases(engines["bf16"], "tensorrt-cuda-bf16")
+    assert cases["image"]["psnr"] >= 40.0, cases
+    sidecar = read_sidecar(engines["bf16"] / "decoder.plan")
+    assert sidecar is not None and sidecar["precision"] == "bf16" and sidecar["layers"].get("bf16", 0) > 0
+    assert sidecar["source_onnx"] == "decoder.bf16.onnx" and sidecar["gpu"] == gpu_identity(0)
 
 
 @gpu

@@ -87,7 +87,12 @@ def export(
     max_batch: Annotated[
         int, typer.Option(help="Largest batch the artifacts accept (TensorRT profile max).")
     ] = DEFAULT_MAX_BATCH,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the graph TensorRT builds from.")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, fp16, bf16 or int8: the graph TensorRT builds from (fp16/bf16/int8 graphs are written)."
+        ),
+    ] = "fp32",
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write QDQ int8 graphs (ONNX Runtime static quantization).")
     ] = False,
@@ -140,7 +145,7 @@ def export(
 
 
 def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per derived graph: what the fp16 headroom, int8 calibration and CPU rewrites decided."""
+    """One line per derived graph: what the fp16 headroom, bf16 rounding, int8 calibration and CPU rewrites decided."""
     lines = []
     for role, rewrites in details.get("cpu_graphs", {}).items():
         lines.append(f"{role}.cpu.onnx: {'; '.join(rewrites)}")
@@ -149,6 +154,12 @@ def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"{r['file']}: {r['nodes']['fp16']} nodes fp16, kept fp32: {kept}; "
             f"min headroom {r['min_headroom_fp16']:g}x below 65504 ({r['tightest_fp16_node'] or '-'})"
+        )
+    for r in details.get("bf16", {}).values():
+        psnr = r["bf16_arithmetic"].get("image", {}).get("psnr")
+        lines.append(
+            f"{r['file']}: {r['nodes']['bf16']} nodes bf16 (opset {r['opset']})"
+            + (f"; image {psnr:.1f} dB in bf16 arithmetic" if psnr is not None else "")
         )
     for r in details.get("int8", {}).values():
         kept = ", ".join(r["fp32_layers"]) or "none"

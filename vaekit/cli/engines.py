@@ -12,10 +12,12 @@ from vaekit.cli.app import DEPLOY_PANEL, command, note, wrote
 
 @command(DEPLOY_PANEL, name="build-engine")
 def build_engine(
-    onnx: Annotated[Path, typer.Argument(help="encoder.onnx or decoder.onnx (or its .fp16 / .int8 graph).")],
+    onnx: Annotated[Path, typer.Argument(help="encoder.onnx or decoder.onnx (or its .fp16 / .bf16 / .int8 graph).")],
     precision: Annotated[
         str | None,
-        typer.Option(help="fp16 converts an fp32 graph first; otherwise the graph's own.", show_default="the graph's"),
+        typer.Option(
+            help="fp16 or bf16 converts an fp32 graph first; otherwise the graph's own.", show_default="the graph's"
+        ),
     ] = None,
     max_batch: Annotated[
         int | None, typer.Option(help="Largest batch (profile max).", show_default="the export's")
@@ -28,6 +30,8 @@ def build_engine(
     from vaekit.export.engines import EngineRequest, build_for_device
 
     result = build_for_device(EngineRequest(onnx, precision, max_batch, opt_batch, out, workspace_mib))
+    if "bf16" in result:
+        note(f"wrote {result['bf16']['file']}: {result['bf16']['nodes']['bf16']} nodes bf16")
     if "fp16" in result:
         fp16 = result["fp16"]
         kept = ", ".join(b["node"] for b in fp16["blocked"]) or "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -19,13 +20,26 @@ def parity_table(report: ParityReport) -> Table:
     title = f"parity vs {reference} ({report.n_images} images, {report.n_latents} z)"
     table = Table(title=title)
     # max rel is in the JSON: divided by near-zero reference values it alarms without meaning much
-    for col in ("runtime", "output", "batches", "max abs", "p99 abs", "mean abs", "cosine", "PSNR dB", "result"):
-        table.add_column(col, justify="right" if col not in ("runtime", "output", "result") else "left")
+    columns = (
+        "artifact",
+        "runtime",
+        "output",
+        "batches",
+        "max abs",
+        "p99 abs",
+        "mean abs",
+        "cosine",
+        "PSNR dB",
+        "result",
+    )
+    for col in columns:
+        table.add_column(col, justify="right" if col not in ("artifact", "runtime", "output", "result") else "left")
     for c in report.cases:
         m = c.metrics
         psnr = f"{m['psnr']:.1f}" if "psnr" in m else ""
         verdict = "[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.broken)}"
         table.add_row(
+            Path(c.path).name,  # the same runtime runs several graphs (openvino-cpu-bf16: a hint, or a bf16 graph)
             c.runtime,
             c.output,
             ",".join(map(str, c.batch_sizes)),
