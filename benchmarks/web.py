@@ -7,7 +7,8 @@ against native ONNX Runtime CPU on the same machine in the same run, and the siz
 
 Rounds alternate native and browser so that load from other processes hits both; each number is the
 median (and the best) over every timed call of every round. Each graph runs on both sides exactly as stored:
-decoder.onnx, and decoder.cpu.onnx (export's exact CPU rewrites), which the bundle ships when present.
+decoder.onnx, decoder.cpu.onnx (export's exact CPU rewrites) and decoder.web.onnx (the rewrite that pays
+off in wasm), which the bundle ships.
 Speed does not depend on the weights, so nothing is trained; the procedural images exist only because
 export proves parity on data.
 Target: browser batch 1 within 3x of native ONNX Runtime (goal 2x).
@@ -28,7 +29,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from vaekit.runtimes.artifacts import cpu_graph_name, onnx_name
+from vaekit.export.web import graph_for_the_web
+from vaekit.runtimes.artifacts import cpu_graph_name, onnx_name, web_graph_name
 from vaekit.runtimes.base import Decoder
 from vaekit.runtimes.browser import BrowserDecoder, load
 from vaekit.runtimes.registry import load_decoder
@@ -98,7 +100,7 @@ def native_times(decoder: Decoder, n: int, runs: int, warmup: int) -> list[float
 
 def bundle_size(art: Path, tmp: Path) -> dict[str, int]:
     """The bundle `vaekit export --web` would write, built in a temp folder (the export is left as it is)."""
-    from vaekit.export.web import PAGE_DIR, graph_for_the_web, publish
+    from vaekit.export.web import PAGE_DIR, publish
     from vaekit.runtimes.web_bundle import bundle_files, runtime_files
 
     encoder = graph_for_the_web(art, "encoder")
@@ -110,7 +112,8 @@ def bundle_size(art: Path, tmp: Path) -> dict[str, int]:
 
 def measure(art: Path, rounds: int, runs: int) -> dict[str, Any]:
     """ms per (runtime, graph, batch): each graph on native ONNX Runtime CPU (run as stored) and in a page."""
-    graphs = [g for g in (art / onnx_name("decoder"), art / cpu_graph_name("decoder")) if g.is_file()]
+    names = (onnx_name("decoder"), cpu_graph_name("decoder"), web_graph_name("decoder"))
+    graphs = [art / name for name in names if (art / name).is_file()]
     native = {g.name: load_decoder(g, "cpu", runtime="onnxrt", rewrite=False) for g in graphs}
     pages = {g.name: cast(BrowserDecoder, load(g, "decoder", "wasm")) for g in graphs}  # alive: their tabs stay open
     tabs = {name: page.runner.page.tab for name, page in pages.items()}
@@ -122,7 +125,14 @@ def measure(art: Path, rounds: int, runs: int) -> dict[str, Any]:
                 times.setdefault(f"native {g.name} {n}", []).extend(native_times(native[g.name], n, runs, 3))
                 times.setdefault(f"browser {g.name} {n}", []).extend(tabs[g.name].evaluate(_call(n, runs)))
     stats = {key: {"median": statistics.median(t), "min": min(t)} for key, t in times.items()}
-    return {"ms": stats, "graphs": [g.name for g in graphs], "browser_threads": threads, "runs": rounds * runs}
+    shipped = graph_for_the_web(art, "decoder").name
+    return {
+        "ms": stats,
+        "graphs": [g.name for g in graphs],
+        "shipped": shipped,
+        "browser_threads": threads,
+        "runs": rounds * runs,
+    }
 
 
 def _call(n: int, runs: int) -> str:
@@ -164,10 +174,16 @@ def main() -> None:
                 f"{web['median']:7.2f} ms (min {web['min']:.2f}): {web['median'] / nat['median']:.2f}x"
                 f" (min/min {web['min'] / nat['min']:.2f}x)"
             )
-    shipped = result["graphs"][-1]  # the bundle ships the CPU graph when the export has one
-    ratio = ms[f"browser {shipped} 1"]["median"] / ms[f"native {shipped} 1"]["median"]
-    verdict = "goal met" if ratio <= 2 else "target met" if ratio <= 3 else "target NOT met"
-    print(f"batch 1, {shipped} (what the bundle ships): browser / native {ratio:.2f}x (target 3x, goal 2x: {verdict})")
+    shipped = result["shipped"]  # the bundle's graph
+    fastest_native = min(ms[f"native {g} 1"]["median"] for g in result["graphs"])
+    same_graph = ms[f"native {shipped} 1"]["median"]
+    for against, native_ms in (("the same graph", same_graph), ("its fastest graph", fastest_native)):
+        ratio = ms[f"browser {shipped} 1"]["median"] / native_ms
+        verdict = "goal met" if ratio <= 2 else "target met" if ratio <= 3 else "target NOT met"
+        print(
+            f"batch 1, browser on {shipped} (what the bundle ships) / native on {against}: {ratio:.2f}x"
+            f" (target 3x, goal 2x: {verdict})"
+        )
     sizes = result["bundle_bytes"]
     webgpu = sum(sizes.get(name, 0) for name in RUNTIME_BUILDS["webgpu"])
     files = ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items())

@@ -45,8 +45,9 @@ from vaekit.runtimes.artifacts import (
     is_artifact_dir,
     onnx_name,
     plan_name,
+    web_graph_name,
 )
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu, rewrite_for_wasm
 from vaekit.runtimes.golden import save_golden
 from vaekit.runtimes.onnxrt import graph_metadata, read_graph
 from vaekit.runtimes.parity import ParityReport, References, fixed_latents, run_parity
@@ -149,6 +150,7 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
     save_parity_inputs(staging, images_u8, z)
     images = to_float(images_u8, run.cfg.model.value_range)
     result.details["cpu_graphs"] = step("cpu", lambda: write_cpu_graphs(paths))
+    result.details["web_graphs"] = step("web graphs", lambda: write_web_graphs(paths))
     _precision_graphs(step, result, run, real, paths, images, z, opts)
     if opts.trt:
         result.details["tensorrt"] = step("tensorrt", lambda: _engines(staging, list(paths), opts))
@@ -236,15 +238,27 @@ def _precision_graphs(
 def write_cpu_graphs(paths: dict[str, Path]) -> dict[str, list[str]]:
     """<role>.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, so an application that loads it
     with plain ONNX Runtime gets the speed vaekit's own backend gets (role -> rewrites; none: not written)."""
+    return _rewritten(paths, "cpu", rewrite_for_cpu, cpu_graph_name)
+
+
+def write_web_graphs(paths: dict[str, Path]) -> dict[str, list[str]]:
+    """<role>.web.onnx: the fp32 graph with the exact rewrites that speed up ONNX Runtime Web, which a web
+    bundle ships; parity proves it like every graph (role -> rewrites; none: not written)."""
+    return _rewritten(paths, "web", rewrite_for_wasm, web_graph_name)
+
+
+def _rewritten(
+    paths: dict[str, Path], kind: str, rewrite: Callable[[Any], list[str]], name: Callable[[str], str]
+) -> dict[str, list[str]]:
     written = {}
     for role, path in paths.items():
         model = read_graph(path)
-        rewrites = rewrite_for_cpu(model)
+        rewrites = rewrite(model)
         if not rewrites:
             continue
         meta = graph_metadata(model)
-        set_metadata(model, {**meta, "graph": "cpu", "cpu_rewrites": json.dumps(rewrites)})
-        finalize(model, path.with_name(cpu_graph_name(role)))
+        set_metadata(model, {**meta, "graph": kind, f"{kind}_rewrites": json.dumps(rewrites)})
+        finalize(model, path.with_name(name(role)))
         written[role] = rewrites
     return written
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, check_output_dir
-from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name
+from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name, web_graph_name
 from vaekit.runtimes.web_bundle import Files, bundle_files, runtime_files
 
 PAGE_DIR = Path(__file__).with_name(WEB_DIR)  # package data: index.html, app.js, style.css
@@ -41,13 +41,15 @@ def check_runtime_dir(artifact_dir: Path, runtime_dir: Path | None) -> None:
 
 
 def graph_for_the_web(artifact_dir: Path, role: Role) -> Path:
-    """The CPU graph when the export wrote one, else the portable fp32 graph.
+    """The fastest fp32 graph in ONNX Runtime Web the export wrote: web graph, else CPU graph, else portable.
 
-    ONNX Runtime Web's wasm backend is ONNX Runtime's CPU provider compiled to WebAssembly, so the exact
-    CPU rewrites that export proved by parity (ConvTranspose as Conv + DepthToSpace) speed it up as well.
+    ONNX Runtime Web's wasm backend is ONNX Runtime's CPU provider compiled to WebAssembly without its
+    blocked kernels: of the exact rewrites export proves by parity, only the Gemm + upsample fold pays off
+    fully there (`rewrite_for_wasm`); the CPU graph's phase convolutions cost back part of it (an export
+    from before the web graph existed still has the CPU graph, which beats the portable one in wasm).
     """
-    cpu = artifact_dir / cpu_graph_name(role)
-    return cpu if cpu.is_file() else artifact_dir / onnx_name(role)
+    found = (artifact_dir / name(role) for name in (web_graph_name, cpu_graph_name, onnx_name))
+    return next((p for p in found if p.is_file()), artifact_dir / onnx_name(role))
 
 
 def _encoder(artifact_dir: Path) -> Path | None:

@@ -41,6 +41,7 @@ GOLDEN_OUTPUTS = "golden_outputs.npz"  # the PyTorch fp32 model's outputs for th
 FASTEST = "fastest.json"  # the fastest verified runtime per graph and batch, as measured by `vaekit bench`
 WEB_DIR = "web"  # the browser bundle's folder in an artifact directory
 CPU_SUFFIX = ".cpu"  # decoder.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, for plain ONNX Runtime
+WEB_SUFFIX = ".web"  # decoder.web.onnx: the fp32 graph with the exact rewrites that pay off in ONNX Runtime Web
 SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json
 TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
 # What `vaekit export` publishes: an older export's files of these kinds that the new one did not write go.
@@ -64,6 +65,10 @@ def onnx_name(role: str, precision: str = "fp32") -> str:
 
 def cpu_graph_name(role: str) -> str:
     return f"{role}{CPU_SUFFIX}{ONNX_SUFFIX}"
+
+
+def web_graph_name(role: str) -> str:
+    return f"{role}{WEB_SUFFIX}{ONNX_SUFFIX}"
 
 
 def plan_name(role: str) -> str:
@@ -117,6 +122,7 @@ def artifact_files(artifact_dir: Path) -> list[tuple[Role, Path]]:
     for role in ROLES:
         found += [(role, artifact_dir / onnx_name(role, p)) for p in PRECISIONS]
         found.append((role, artifact_dir / cpu_graph_name(role)))
+        found.append((role, artifact_dir / web_graph_name(role)))
         found.append((role, artifact_dir / plan_name(role)))
     return [(role, path) for role, path in found if path.is_file()]
 

@@ -55,6 +55,7 @@ DESCRIBED = (
     "tensorrt_version",
     "graph",
     "cpu_rewrites",
+    "web_rewrites",
     "fp16_blocked_nodes",
     "fp16_min_headroom",
 )

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
 from vaekit.runtimes.artifacts import GOLDEN_OUTPUTS, load_golden, load_inputs
+from vaekit.runtimes.cpu_rewrites import rewrite_for_wasm
 from vaekit.runtimes.registry import load_decoder, load_encoder
 
 runner = CliRunner()
@@ -79,3 +80,22 @@ def test_the_cpu_graph_is_an_artifact_plain_onnx_runtime_runs_fast_and_exactly(c
     reference = load_decoder(conv_art / "decoder.onnx", "cpu", rewrite=False)
     assert float(np.abs(plain.decode(z) - reference.decode(z)).max()) < 1e-5
     assert "decoder.cpu.onnx" in json.loads((conv_art / "manifest.json").read_text())["files"]
+
+
+def test_the_web_graph_is_the_fold_alone_exact_and_proved_by_parity(conv_art: Path) -> None:
+    web, cpu = onnx.load(str(conv_art / "decoder.web.onnx")), onnx.load(str(conv_art / "decoder.cpu.onnx"))
+    meta = {p.key: p.value for p in web.metadata_props}
+    assert meta["graph"] == "web" and json.loads(meta["web_rewrites"]) == rewrite_for_wasm(
+        onnx.load(str(conv_art / "decoder.onnx"))
+    )
+    ops, cpu_ops = [n.op_type for n in web.graph.node], [n.op_type for n in cpu.graph.node]
+    assert "DepthToSpace" in cpu_ops and "DepthToSpace" not in ops  # no phase convolutions: slower in wasm
+    assert ops.count("Gemm") == 1 and "ConvTranspose" in ops
+    _, z = load_inputs(conv_art)
+    plain = load_decoder(conv_art / "decoder.web.onnx", "cpu", rewrite=False)
+    reference = load_decoder(conv_art / "decoder.onnx", "cpu", rewrite=False)
+    assert float(np.abs(plain.decode(z) - reference.decode(z)).max()) < 1e-5
+    report = json.loads((conv_art / "parity.json").read_text())
+    proved = {c["runtime"] for c in report["cases"] if c["path"].endswith("decoder.web.onnx") and c["passed"]}
+    assert "onnxruntime-cpu-fp32" in proved, report["cases"]
+    assert "decoder.web.onnx" in json.loads((conv_art / "manifest.json").read_text())["files"]

@@ -125,6 +125,7 @@ def test_parity_without_a_checkpoint_needs_something_to_compare(
         monkeypatch.delitem(BACKENDS, other)
     art = tmp_path / "art"
     shutil.copytree(conv_art, art)
-    (art / "decoder.cpu.onnx").unlink()  # and only the reference's own graphs
+    for derived in ("decoder.cpu.onnx", "decoder.web.onnx"):  # and only the reference's own graphs
+        (art / derived).unlink()
     result = runner.invoke(app, ["parity", str(art), "--devices", "cpu", "--reference-onnx"])
     assert_one_line_error(result.exit_code, result.stderr, "nothing to compare")

@@ -145,10 +145,11 @@ def export(
 
 
 def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per derived graph: what the fp16 headroom, bf16 rounding, int8 calibration and CPU rewrites decided."""
+    """One line per derived graph: what the fp16 headroom, bf16 rounding, int8 calibration and rewrites decided."""
     lines = []
-    for role, rewrites in details.get("cpu_graphs", {}).items():
-        lines.append(f"{role}.cpu.onnx: {'; '.join(rewrites)}")
+    for kind in ("cpu", "web"):
+        for role, rewrites in details.get(f"{kind}_graphs", {}).items():
+            lines.append(f"{role}.{kind}.onnx: {'; '.join(rewrites)}")
     for r in details.get("fp16", {}).values():
         kept = ", ".join([b["node"] for b in r["blocked"]] + r.get("kept_fp32_by_budget", [])) or "none"
         lines.append(
