@@ -68,22 +68,41 @@ def to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 def _bf16_tensor(tensor: TensorProto) -> TensorProto:
     values = numpy_helper.to_array(tensor)
-    out = helper.make_tensor(tensor.name, BFLOAT16, values.shape, to_bf16_bits(values).tobytes(), raw=True)
-    return out
+    return helper.make_tensor(tensor.name, BFLOAT16, values.shape, to_bf16_bits(values).tobytes(), raw=True)
 
 
 def _cast_io(graph: onnx.GraphProto) -> None:
-    """Cast the float32 input to bfloat16 where it enters and each output back to float32 where it leaves."""
+    """Cast each float32 input to bfloat16 where it enters and each float32 output back where it leaves
+    (an output that is also an input passes through as it is)."""
+    inputs = {v.name for v in graph.input}
     for value in graph.input:
+        if value.type.tensor_type.elem_type != FLOAT:
+            continue
         inner = f"{value.name}_bf16"
         for node in graph.node:
             node.input[:] = [inner if name == value.name else name for name in node.input]
         graph.node.insert(0, helper.make_node("Cast", [value.name], [inner], name=f"{inner}_cast", to=BFLOAT16))
-    for value in graph.output:
-        inner = f"{value.name}_bf16"
-        for node in graph.node:
-            node.output[:] = [inner if name == value.name else name for name in node.output]
-        graph.node.append(helper.make_node("Cast", [inner], [value.name], name=f"{value.name}_cast", to=FLOAT))
+    outputs = {v.name: v.type.tensor_type.elem_type for v in graph.output}
+    for name in (n for n, kind in outputs.items() if kind == FLOAT and n not in inputs):
+        inner = f"{name}_bf16"
+        for node in graph.node:  # its producer and any node that also reads it move to the bf16 tensor
+            node.input[:] = [inner if n == name else n for n in node.input]
+            node.output[:] = [inner if n == name else n for n in node.output]
+        for init in graph.initializer:
+            if init.name == name:
+                init.name = inner
+        graph.node.append(helper.make_node("Cast", [inner], [name], name=f"{name}_cast", to=FLOAT))
+
+
+def _constant_to_bf16(node: onnx.NodeProto) -> None:
+    """A Constant's float value (as a tensor, value_float or value_floats) becomes a bfloat16 tensor."""
+    for i, attr in enumerate(node.attribute):
+        if attr.name == "value" and attr.t.data_type == FLOAT:
+            attr.t.CopyFrom(_bf16_tensor(attr.t))
+        elif attr.name in ("value_float", "value_floats"):
+            values = np.array(attr.f if attr.name == "value_float" else list(attr.floats), np.float32)
+            tensor = _bf16_tensor(numpy_helper.from_array(values, node.output[0]))
+            node.attribute[i].CopyFrom(helper.make_attribute("value", tensor))
 
 
 def to_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -100,9 +119,9 @@ def to_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
         if init.data_type == FLOAT:
             graph.initializer[i].CopyFrom(_bf16_tensor(init))
     for node in graph.node:
+        if node.op_type == "Constant":
+            _constant_to_bf16(node)
         for attr in node.attribute:
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == FLOAT:
-                attr.t.CopyFrom(_bf16_tensor(attr.t))
             if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
                 attr.i = BFLOAT16
     del graph.value_info[:]  # stale float32 types; finalize infers them again, strictly

@@ -122,6 +122,11 @@ def export_artifacts(
     """Export, prove and publish; keyword arguments are ExportOptions fields (max_batch=8, int8=True, ...)."""
     opts = options or ExportOptions(**kw)
     opts.check()
+    if opts.trt:  # a GPU that cannot build this precision: refused before the export's work, not after it
+        from vaekit.export.tensorrt import check_gpu_precision
+        from vaekit.runtimes.cuda import gpu_identity
+
+        check_gpu_precision(opts.precision, gpu_identity(0))
     checkpoint, out = Path(checkpoint), Path(out)
     run = load_run(checkpoint)
     check_destination(out, checkpoint, opts.overwrite, opts.data or run.cfg.train.data)

@@ -28,7 +28,7 @@ from vaekit.runtimes.layerwise_judge import (
     groups_for,
 )
 from vaekit.runtimes.layerwise_map import output_units, scope_of, tensor_keys, units
-from vaekit.runtimes.registry import Backend, backend_for
+from vaekit.runtimes.registry import Backend, backend_for, runnable_backend
 
 if TYPE_CHECKING:
     import onnx
@@ -172,6 +172,8 @@ def layerwise(
         precision, value_range, max_batch = info.precision, info.value_range, info.max_batch
     except VaekitError:  # a graph not exported by vaekit
         precision, value_range, max_batch = "fp32", None, 1 << 16
+    if runtime is None and backend.graph_limits:  # a bf16 graph: the first backend that runs it here
+        backend = runnable_backend(artifact, device, precision) or backend
     precision = options.get("precision") or precision  # a runtime-side precision (OpenVINO's hint) is judged as such
     x = _inputs(artifact, role, inputs, value_range, max_batch)
     notes: list[str] = []

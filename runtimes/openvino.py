@@ -205,6 +205,14 @@ def capture_tensors(
     results = compiled.create_infer_request().infer({INPUT_NAME[info.role]: x})
     found: dict[str, np.ndarray] = {}
     for out in compiled.outputs:
+        value = _as_float32(np.asarray(results[out]), out.get_element_type().get_type_name())
         for name in out.get_names():
-            found[name] = np.asarray(results[out], dtype=np.float32)
+            found[name] = value
     return found
+
+
+def _as_float32(value: np.ndarray, element_type: str) -> np.ndarray:
+    """OpenVINO hands bf16 tensors to numpy as float16-typed bit patterns: widen the bits, not the values."""
+    if element_type == "bf16":
+        return (value.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return value.astype(np.float32, copy=False)

@@ -89,7 +89,7 @@ BACKENDS: dict[str, Backend] = {
             "ONNX Runtime",
             graph_limits=(
                 ("cpu", "bf16", f"ONNX Runtime's CPU provider has no bfloat16 arithmetic; {BF16_ELSEWHERE}"),
-                ("cuda", "bf16", f"ONNX Runtime's CUDA provider has no bfloat16 Conv; {BF16_ELSEWHERE}"),
+                ("cuda", "bf16", f"ONNX Runtime's CUDA provider lacks bfloat16 kernels (Conv); {BF16_ELSEWHERE}"),
             ),
         ),
         Backend("trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines"),
@@ -118,6 +118,15 @@ BACKENDS: dict[str, Backend] = {
 def backends_for(path: Path) -> list[Backend]:
     """Every backend that reads this artifact, its default first."""
     return [b for b in BACKENDS.values() if path.suffix.lower() in b.suffixes]
+
+
+def runnable_backend(path: Path, device: str, precision: str) -> Backend | None:
+    """The first backend that reads `path` and runs a graph stored in `precision` on `device` here."""
+    kind = device.split(":")[0]
+    for backend in backends_for(path):
+        if kind in backend.devices and not backend.status(device) and not backend.graph_status(device, precision):
+            return backend
+    return None
 
 
 def backend_for(path: Path, name: str | None = None) -> Backend:

@@ -138,7 +138,7 @@ def _info_from_engine(trt: Any, engine: Any, plan: Path) -> ArtifactInfo:
         layers = layer_precisions(json.loads(text))
     except json.JSONDecodeError:
         layers = {}
-    precision = next((p for p in ("int8", "fp16") if layers.get(p)), "fp32")
+    precision = next((p for p in ("int8", "fp16", "bf16") if layers.get(p)), "fp32")
     # Without vaekit metadata the output activation tells the value range: tanh -> [-1, 1], sigmoid -> [0, 1].
     value_range = (-1.0, 1.0) if "tanh" in text.lower() else (0.0, 1.0)
     return ArtifactInfo(

@@ -227,12 +227,17 @@ def _layerwise(artifacts: Path, checkpoint: Path | None) -> list[LayerwiseReport
     from vaekit.runtimes.layerwise import COLUMNS
     from vaekit.runtimes.layerwise import layerwise as compare_layers
     from vaekit.runtimes.layerwise_png import save_layer_error_png
+    from vaekit.runtimes.registry import describe, runnable_backend
 
     reports = []
     directory = artifact_dir_of(artifacts)
     for _, path in artifact_files(directory):
         if path.suffix != ONNX_SUFFIX:
             continue  # engines: marking their layers needs TensorRT on a GPU (runtimes/layerwise_capture.py)
+        precision = describe(path).precision
+        if runnable_backend(path, "cpu", precision) is None:
+            note(f"{path.name}: no runtime here runs a {precision} graph on the CPU (bf16: vaekit[openvino]); skipped")
+            continue
         report = compare_layers(path, checkpoint)
         table = Table(title=f"{path.name} on {report.runtime} vs {report.reference}: {report.summary()}")
         for column in COLUMNS:
