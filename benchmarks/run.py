@@ -163,13 +163,21 @@ def _at_equal_accuracy(own: list[Row], peers: list[Row]) -> list[str]:
         theirs = [r for r in peers if r.precision in members]
         if mine and theirs:
             a, b = _fastest(mine), _fastest(theirs)
-            ratio = (b.p50_ms or 0) / (a.p50_ms or 1)
+            ratio = _speedup(a, b)
             lines.append(
                 f"  - {name} accuracy: {a.runtime} {a.precision} on {a.artifact} ({a.p50_ms:.3f} ms) vs"
-                f" {b.runtime} {b.precision} ({b.p50_ms:.3f} ms): {ratio:.2f}x"
-                f" (goal 1.2x, {'met' if ratio >= 1.2 else 'not met'})"
+                f" {b.runtime} {b.precision} ({b.p50_ms:.3f} ms): {ratio:.2f}x ({_judged(ratio, goal=1.2)})"
             )
     return lines
+
+
+def _speedup(mine: Row, peer: Row) -> float:
+    return (peer.p50_ms or 0) / (mine.p50_ms or 1)
+
+
+def _judged(ratio: float, **needs: float) -> str:
+    """'target 1.0x, met; goal 1.2x, not met' for target=1.0, goal=1.2."""
+    return "; ".join(f"{kind} {need}x, {'met' if ratio >= need else 'not met'}" for kind, need in needs.items())
 
 
 def fastest_targets(report: BenchReport, big: int) -> list[str]:
@@ -184,18 +192,17 @@ def fastest_targets(report: BenchReport, big: int) -> list[str]:
             if not rows or not peers:
                 continue
             chosen, peer = _fastest(rows), _fastest(peers)
-            ratio = (peer.p50_ms or 0) / (chosen.p50_ms or 1)
+            ratio = _speedup(chosen, peer)
             lines.append(
                 f"- {graph} batch {batch}: vaekit's choice ({chosen.runtime} {chosen.precision} on {chosen.artifact},"
                 f" {chosen.p50_ms:.3f} ms) vs fastest peer ({peer.runtime} {peer.precision}, {peer.p50_ms:.3f} ms):"
-                f" {ratio:.2f}x (target 1.0x, {'met' if ratio >= 1.0 else 'not met'}; goal 1.2x,"
-                f" {'met' if ratio >= 1.2 else 'not met'})"
+                f" {ratio:.2f}x ({_judged(ratio, target=1.0, goal=1.2)})"
             )
             if own:
                 mine = _fastest(own)
                 lines.append(
                     f"  - without the peers' routes: {mine.runtime} {mine.precision} on {mine.artifact},"
-                    f" {mine.p50_ms:.3f} ms: {(peer.p50_ms or 0) / (mine.p50_ms or 1):.2f}x the fastest peer"
+                    f" {mine.p50_ms:.3f} ms: {_speedup(mine, peer):.2f}x the fastest peer"
                 )
             lines += _at_equal_accuracy(own, peers)
             eager = next((r for r in rows if r.runtime == "pytorch" and r.precision == "fp32"), None)
@@ -203,10 +210,10 @@ def fastest_targets(report: BenchReport, big: int) -> list[str]:
             plain = plain or next((r for r in rows if r.runtime == "onnxruntime-as-stored"), None)  # no rewrites apply
             if eager and plain:
                 need = 3.0 if batch == 1 else 2.0
-                speed = (eager.p50_ms or 0) / (plain.p50_ms or 1)
+                speed = _speedup(plain, eager)
                 lines.append(
                     f"- {graph} batch {batch}: plain ONNX Runtime on {plain.artifact} vs PyTorch eager fp32:"
-                    f" {speed:.2f}x (target {need}x, {'met' if speed >= need else 'not met'})"
+                    f" {speed:.2f}x ({_judged(speed, target=need)})"
                 )
     return lines
 
