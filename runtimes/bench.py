@@ -72,7 +72,7 @@ PEERS = {
         Peer("onnxruntime-cpu-graph", "onnxrt", "cpu", "cpu-graph", (("rewrite", False),)),
         Peer("openvino", "openvino", "cpu", "onnx"),  # each graph in its own precision (fp32 asked explicitly)
         Peer("openvino-cpu-graph", "openvino", "cpu", "cpu-graph"),  # do the CPU rewrites help OpenVINO too?
-        # in bf16 they do (decoder 1.3x at batch 1, 1.6x at batch 64 over its default on decoder.onnx, same dB)
+        # in bf16 they help OpenVINO too, at the same accuracy (benchmarks/RESULTS.md: vs its default on decoder.onnx)
         Peer("openvino-cpu-graph-bf16", "openvino", "cpu", "cpu-graph", (("precision", "bf16"),), "bf16"),
         Peer("openvino-bf16", "openvino", "cpu", "onnx-fp32", (("precision", "bf16"),), "bf16"),  # its default here
         Peer("openvino-fp16", "openvino", "cpu", "onnx-fp32", (("precision", "fp16"),), "fp16"),
