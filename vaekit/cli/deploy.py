@@ -45,31 +45,20 @@ def _check_picture(n: int, out: Path) -> None:
     image_format(out)
 
 
-def _auto(path: Path, role: str, trust: bool, batch: int) -> tuple[Encoder | Decoder, str]:
-    """The fastest verified runtime `vaekit bench --record` measured for this directory on this machine."""
+def _open(
+    role: str, path: Path, device: str | None, trust: bool, runtime: str | None, batch: int
+) -> tuple[Encoder | Decoder, str]:
+    """The artifact's encoder or decoder and where it came from; `--runtime auto`: the fastest verified runtime
+    `vaekit bench --record` measured for this directory on this machine."""
     from vaekit.runtimes.artifacts import artifact_dir_of, provenance
     from vaekit.runtimes.fastest import load_fastest
-
-    loaded, why = load_fastest(artifact_dir_of(path), "encoder" if role == "encoder" else "decoder", batch)
-    return loaded, f"{why}; {provenance(Path(loaded.info.path), trust)}"
-
-
-def _decoder(path: Path, device: str | None, trust: bool, runtime: str | None, batch: int) -> tuple[Decoder, str]:
-    from vaekit.runtimes.registry import open_decoder
+    from vaekit.runtimes.registry import open_decoder, open_encoder
 
     if runtime == "auto":
-        loaded, why = _auto(path, "decoder", trust, batch)
-        return cast(Decoder, loaded), why
-    return open_decoder(path, device or "", trust, runtime)
-
-
-def _encoder(path: Path, device: str | None, trust: bool, runtime: str | None, batch: int) -> tuple[Encoder, str]:
-    from vaekit.runtimes.registry import open_encoder
-
-    if runtime == "auto":
-        loaded, why = _auto(path, "encoder", trust, batch)
-        return cast(Encoder, loaded), why
-    return open_encoder(path, device or "", trust, runtime)
+        loaded, why = load_fastest(artifact_dir_of(path), "encoder" if role == "encoder" else "decoder", batch)
+        return loaded, f"{why}; {provenance(Path(loaded.info.path), trust)}"
+    opener = open_encoder if role == "encoder" else open_decoder
+    return opener(path, device or "", trust, runtime)
 
 
 def _print_report(report: ParityReport) -> None:
@@ -277,7 +266,8 @@ def generate(
     from vaekit.runtimes.generate import decode_all, generate_picture, picture_latents
 
     _check_picture(n, out)
-    decoder, origin = _decoder(engine, device, trust, runtime, n)
+    loaded, origin = _open("decoder", engine, device, trust, runtime, n)
+    decoder = cast(Decoder, loaded)
     if origin:
         note(origin)
     z, ncol, dims = picture_latents(decoder, n, seed, interpolate, traverse)
@@ -310,8 +300,9 @@ def reconstruct(
     from vaekit.runtimes.generate import reconstruct as run_reconstruct
 
     _check_picture(n, out)
-    enc, enc_origin = _encoder(encoder, device, trust, runtime, n)
-    dec, dec_origin = _decoder(decoder, device, trust, runtime, n)
+    loaded_enc, enc_origin = _open("encoder", encoder, device, trust, runtime, n)
+    loaded_dec, dec_origin = _open("decoder", decoder, device, trust, runtime, n)
+    enc, dec = cast(Encoder, loaded_enc), cast(Decoder, loaded_dec)
     for origin in (enc_origin, dec_origin):
         if origin:
             note(origin)
