@@ -298,7 +298,7 @@ def idx_built(draw: st.DrawFn) -> bytes:
 
 
 def sidecar_seed() -> dict[str, Any]:
-    from vaekit.export.tensorrt import make_sidecar
+    from vaekit.export.tensorrt.build import make_sidecar
 
     gpu = {"name": "NVIDIA H200", "compute_capability": "9.0"}
     profile = {"min": [1, 4], "opt": [8, 4], "max": [8, 4]}

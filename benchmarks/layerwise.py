@@ -34,7 +34,7 @@ import json, sys, time
 from pathlib import Path
 import numpy as np
 import onnxruntime, torch  # imported before the baseline: the call is what is measured
-from vaekit.runtimes.layerwise import layerwise
+from vaekit.runtimes.proving.layerwise import compare_layers
 
 role, art, run, ref_kind, rewrite = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
 x = np.load(art / f"{role}_inputs.npy")
@@ -44,7 +44,7 @@ def status_kb(field):
 open("/proc/self/clear_refs", "w").write("5")  # Linux: reset the peak (VmHWM) to the current RSS
 rss = status_kb("VmRSS") * 1024
 t0 = time.perf_counter()
-report = layerwise(art / f"{role}.onnx", run if ref_kind == "checkpoint" else None, inputs=x, rewrite=rewrite)
+report = compare_layers(art / f"{role}.onnx", run if ref_kind == "checkpoint" else None, inputs=x, rewrite=rewrite)
 seconds = time.perf_counter() - t0
 peak = status_kb("VmHWM") * 1024
 compared = sum(1 for layer in report.layers if layer.metrics)
@@ -62,7 +62,7 @@ def prepare(folder: Path) -> tuple[Path, Path]:
 
     from vaekit.checkpoint import load_run
     from vaekit.export.onnx import export_onnx
-    from vaekit.runtimes.parity import fixed_latents
+    from vaekit.runtimes.proving.parity import fixed_latents
 
     run, art = folder / "run", folder / "art"
     art.mkdir(parents=True)

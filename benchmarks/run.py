@@ -28,14 +28,14 @@ from safetensors.torch import save_file
 from vaekit.checkpoint import save_config
 from vaekit.config import MODEL_FILE, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import to_float
-from vaekit.export.bf16 import convert_bf16
 from vaekit.export.manifest import add_files
 from vaekit.export.pipeline import export_artifacts
+from vaekit.export.precisions.bf16 import convert_bf16
 from vaekit.images import save_image
 from vaekit.model import build_model
 from vaekit.runtimes.artifacts import ROLES, load_inputs, onnx_name
-from vaekit.runtimes.bench import DEFAULT_RUNTIMES, BenchReport, BenchSettings, Job, Row, run_bench
-from vaekit.runtimes.pictures import bench_chart
+from vaekit.runtimes.measuring.bench import DEFAULT_RUNTIMES, BenchReport, BenchSettings, Job, Row, run_bench
+from vaekit.runtimes.measuring.chart import bench_chart
 from vaekit.runtimes.registry import describe
 
 HERE = Path(__file__).resolve().parent

@@ -29,12 +29,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from vaekit.export.web import graph_for_the_web
+from vaekit.export.web.bundle import graph_for_the_web
 from vaekit.runtimes.artifacts import cpu_graph_name, onnx_name, web_graph_name
+from vaekit.runtimes.backends.browser import BrowserDecoder, load
+from vaekit.runtimes.backends.web_bundle import RUNTIME_BUILDS
 from vaekit.runtimes.base import Decoder
-from vaekit.runtimes.browser import BrowserDecoder, load
 from vaekit.runtimes.registry import load_decoder
-from vaekit.runtimes.web_bundle import RUNTIME_BUILDS
 
 BATCHES = (1, 16)
 CELEBA = {"arch": "conv", "in_channels": 3, "image_size": 64, "latent_dim": 128, "likelihood": "gaussian"}
@@ -100,8 +100,8 @@ def native_times(decoder: Decoder, n: int, runs: int, warmup: int) -> list[float
 
 def bundle_size(art: Path, tmp: Path) -> dict[str, int]:
     """The bundle `vaekit export --web` would write, built in a temp folder (the export is left as it is)."""
-    from vaekit.export.web import PAGE_DIR, publish
-    from vaekit.runtimes.web_bundle import bundle_files, runtime_files
+    from vaekit.export.web.bundle import PAGE_DIR, publish
+    from vaekit.runtimes.backends.web_bundle import bundle_files, runtime_files
 
     encoder = graph_for_the_web(art, "encoder")
     decoder = graph_for_the_web(art, "decoder")

@@ -1,1 +1,3 @@
-"""Make deployable artifacts from a checkpoint: ONNX graphs, quantized graphs, TensorRT engines, the manifest."""
+"""Make deployable artifacts from a checkpoint, one step per target: `onnx` (+ `graph`, the checks and metadata
+every ONNX writer shares), `precisions/`, `tensorrt/`, `web/`; `pipeline` alone orders them and publishes the
+directory with its `manifest`."""

@@ -11,7 +11,7 @@ import onnx
 
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes
-from vaekit.runtimes.onnxrt import graph_metadata, read_graph
+from vaekit.runtimes.backends.onnxrt import graph_metadata, read_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # one serialized proto; beyond it weights would have to go external
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from vaekit.fsutil import atomic_write_text, sha256_file
 from vaekit.runtimes.artifacts import MANIFEST, read_manifest
-from vaekit.runtimes.machine import package_versions
+from vaekit.runtimes.measuring.machine import package_versions
 
 HASHED = (".onnx", ".plan", ".json", ".npz")  # artifact kinds the manifest vouches for
 

@@ -27,12 +27,11 @@ from vaekit.checkpoint import Run, load_run
 from vaekit.config import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH
 from vaekit.data import ImageData, data_dirs, load_data, to_float
 from vaekit.errors import VaekitError
-from vaekit.export.engines import FLOAT_GRAPHS, float_converter
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
+from vaekit.export.tensorrt.engines import FLOAT_GRAPHS, float_converter
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace
-from vaekit.runtimes import pyt
 from vaekit.runtimes.artifacts import (
     ONNX_SUFFIX,
     PARITY_INPUTS,
@@ -47,11 +46,12 @@ from vaekit.runtimes.artifacts import (
     plan_name,
     web_graph_name,
 )
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu, rewrite_for_wasm
-from vaekit.runtimes.golden import save_golden
-from vaekit.runtimes.onnxrt import graph_metadata, read_graph
-from vaekit.runtimes.parity import ParityReport, References, fixed_latents, run_parity
-from vaekit.runtimes.pictures import save_parity_png
+from vaekit.runtimes.backends import pyt
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu, rewrite_for_wasm
+from vaekit.runtimes.backends.onnxrt import graph_metadata, read_graph
+from vaekit.runtimes.proving.golden import save_golden
+from vaekit.runtimes.proving.parity import ParityReport, References, fixed_latents, run_parity
+from vaekit.runtimes.proving.pictures import save_parity_png
 
 StepFn = Callable[[str, float], None]  # (step name, seconds) after each step
 T = TypeVar("T")
@@ -123,8 +123,8 @@ def export_artifacts(
     opts = options or ExportOptions(**kw)
     opts.check()
     if opts.trt:  # a GPU that cannot build this precision: refused before the export's work, not after it
-        from vaekit.export.tensorrt import check_gpu_precision
-        from vaekit.runtimes.cuda import gpu_identity
+        from vaekit.export.tensorrt.build import check_gpu_precision
+        from vaekit.runtimes.backends.cuda import gpu_identity
 
         check_gpu_precision(opts.precision, gpu_identity(0))
     checkpoint, out = Path(checkpoint), Path(out)
@@ -183,7 +183,7 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
 
 def diagnose(staging: Path, report: ParityReport, reference: References) -> str:
     """Run the layerwise pass on the first graph that broke a tolerance and name its first diverging layer."""
-    from vaekit.runtimes.layerwise import layerwise
+    from vaekit.runtimes.proving.layerwise import compare_layers
 
     broken = next((c for c in report.cases if c.broken), None)
     if broken is None or not broken.path.endswith(ONNX_SUFFIX):
@@ -191,7 +191,7 @@ def diagnose(staging: Path, report: ParityReport, reference: References) -> str:
     path = staging / broken.path
     model = reference[0] if broken.output in ("mu", "log_var") else reference[1]
     try:
-        return layerwise(path, model).summary()
+        return compare_layers(path, model).summary()
     except VaekitError as exc:
         return f"layerwise pass failed: {exc}"
 
@@ -227,7 +227,7 @@ def _precision_graphs(
             },
         )
     if opts.quantize:
-        from vaekit.export.quantize import quantize_int8
+        from vaekit.export.precisions.int8 import quantize_int8
 
         # calibrate on training images; parity judges on test images the quantizer never saw
         calibration = to_float(real.train[: opts.calibration_images], run.cfg.model.value_range)
@@ -269,7 +269,7 @@ def _rewritten(
 
 
 def _engines(staging: Path, roles: list[str], opts: ExportOptions) -> dict[str, Any]:
-    from vaekit.export.tensorrt import build_engine
+    from vaekit.export.tensorrt.build import build_engine
 
     return {
         role: build_engine(staging / onnx_name(role, opts.precision), staging / plan_name(role), opts.max_batch)

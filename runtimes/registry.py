@@ -23,15 +23,19 @@ from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 class Backend:
     name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino, browser
     label: str  # what reports show (ArtifactInfo.backend): pytorch, onnxruntime, tensorrt, openvino, ...
-    module: str
+    module: str  # its file in runtimes/backends/ (a new runtime: one such file and one row here)
     suffixes: tuple[str, ...]  # artifact files it reads
     devices: tuple[str, ...]  # the first is its default
     summary: str
     runtime_precisions: tuple[str, ...] = ()  # precisions it can run an fp32 graph in (a runtime-side hint)
     graph_limits: tuple[tuple[str, str, str], ...] = ()  # (device, graph precision, why it cannot run it)
 
+    @property
+    def import_path(self) -> str:
+        return f"{__package__}.backends.{self.module}"
+
     def _impl(self) -> ModuleType:
-        return importlib.import_module(self.module)
+        return importlib.import_module(self.import_path)
 
     def check_device(self, device: str) -> str:
         """The device this backend runs on for `device` ("" = its default); an unknown one is one line."""
@@ -79,11 +83,19 @@ BF16_ELSEWHERE = "run it with --runtime openvino, or build a TensorRT engine fro
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("pyt", "pytorch", "vaekit.runtimes.pyt", (CHECKPOINT_SUFFIX,), ("cpu", "cuda"), "PyTorch", ("bf16",)),
+        Backend(
+            "pyt",
+            "pytorch",
+            "pyt",
+            (CHECKPOINT_SUFFIX,),
+            ("cpu", "cuda"),
+            "PyTorch",
+            ("bf16",),
+        ),
         Backend(
             "onnxrt",
             "onnxruntime",
-            "vaekit.runtimes.onnxrt",
+            "onnxrt",
             (ONNX_SUFFIX,),
             ("cpu", "cuda", "tensorrt"),  # tensorrt: ONNX Runtime's TensorRT execution provider
             "ONNX Runtime",
@@ -92,11 +104,11 @@ BACKENDS: dict[str, Backend] = {
                 ("cuda", "bf16", f"ONNX Runtime's CUDA provider lacks bfloat16 kernels (Conv); {BF16_ELSEWHERE}"),
             ),
         ),
-        Backend("trt", "tensorrt", "vaekit.runtimes.trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines"),
+        Backend("trt", "tensorrt", "trt", ENGINE_SUFFIXES, ("cuda",), "native TensorRT engines"),
         Backend(
             "openvino",
             "openvino",
-            "vaekit.runtimes.openvino",
+            "openvino",
             (ONNX_SUFFIX,),
             ("cpu", "gpu", "npu"),
             "OpenVINO",
@@ -105,7 +117,7 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "browser",
             "onnxruntime-web",
-            "vaekit.runtimes.browser",
+            "browser",
             (ONNX_SUFFIX,),
             ("wasm",),
             "ONNX Runtime Web in Chromium",

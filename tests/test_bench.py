@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vaekit.cli.main import app
-from vaekit.runtimes.bench import BenchSettings, run_bench
-from vaekit.runtimes.bench_child import time_calls
-from vaekit.runtimes.flops import count_flops
-from vaekit.runtimes.machine import cpu_peak
-from vaekit.runtimes.onnxrt import cpu_cores
+from vaekit.runtimes.backends.onnxrt import cpu_cores
+from vaekit.runtimes.measuring.bench import BenchSettings, run_bench
+from vaekit.runtimes.measuring.bench_child import time_calls
+from vaekit.runtimes.measuring.flops import count_flops
+from vaekit.runtimes.measuring.machine import cpu_peak
 
 runner = CliRunner()
 QUICK = ["--warmup", "1", "--min-runs", "3", "--min-seconds", "0", "--max-seconds", "0.2"]

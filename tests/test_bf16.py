@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from vaekit.cli.main import app
 from vaekit.errors import VaekitError
-from vaekit.export.bf16 import BF16_OPSET, convert_bf16, node_types, to_bf16, to_bf16_bits
-from vaekit.runtimes.bench import BenchSettings, plan_jobs
+from vaekit.export.precisions.bf16 import BF16_OPSET, convert_bf16, node_types, to_bf16, to_bf16_bits
+from vaekit.runtimes.measuring.bench import BenchSettings, plan_jobs
 from vaekit.runtimes.registry import BACKENDS, load_decoder
 
 runner = CliRunner()
@@ -123,12 +123,12 @@ def test_bench_notes_the_runtimes_that_cannot_run_bf16_graphs(bf16_export: tuple
 
 
 def test_layerwise_runs_a_bf16_graph_where_a_runtime_can(bf16_export: tuple[Path, object]) -> None:
-    from vaekit.runtimes.layerwise import layerwise
+    from vaekit.runtimes.proving.layerwise import compare_layers
 
     out, _ = bf16_export
     if OPENVINO_MISSING:
         pytest.skip(OPENVINO_MISSING)
-    report = layerwise(out / "decoder.bf16.onnx")  # ONNX Runtime cannot: OpenVINO, its bf16 tensors widened
+    report = compare_layers(out / "decoder.bf16.onnx")  # ONNX Runtime cannot: OpenVINO, its bf16 tensors widened
     assert report.runtime.startswith("openvino") and "all within the bf16 tolerance" in report.summary(), report
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
-from vaekit.runtimes.bench import Row, pick_best
+from vaekit.runtimes.measuring.bench import Row, pick_best
 
 runner = CliRunner()
 QUICK = ["--warmup", "1", "--min-runs", "3", "--min-seconds", "0", "--max-seconds", "0.2"]

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from vaekit.errors import VaekitError
-from vaekit.export.fp16 import FP16_MAX, _types, convert_fp16, node_peaks, profile_peaks
-from vaekit.runtimes.parity import fixed_latents, metrics, tolerance_for
+from vaekit.export.precisions.fp16 import FP16_MAX, _types, convert_fp16, node_peaks, profile_peaks
+from vaekit.runtimes.proving.parity import fixed_latents, metrics, tolerance_for
 
 FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
@@ -196,8 +196,9 @@ def test_conversion_needs_no_torch(fp16_export: tuple[Path, object], tmp_path: P
         "sys.modules['torch'] = None\n"
         "import numpy as np\n"
         "from pathlib import Path\n"
-        "from vaekit.export.fp16 import convert_fp16\n"
-        "import vaekit.export.tensorrt, vaekit.export.engines, vaekit.runtimes.trt, vaekit.cli.engines\n"
+        "from vaekit.export.precisions.fp16 import convert_fp16\n"
+        "import vaekit.export.tensorrt.build, vaekit.export.tensorrt.engines\n"
+        "import vaekit.runtimes.backends.trt, vaekit.cli.engines\n"
         "from vaekit.runtimes.artifacts import load_inputs\n"
         "images, z = load_inputs(Path(sys.argv[1]))\n"
         "r = convert_fp16(Path(sys.argv[1]) / 'decoder.onnx', Path(sys.argv[2]), images.astype(np.float32) / 255, z)\n"

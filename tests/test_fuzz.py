@@ -57,7 +57,7 @@ def read_config(root: Path, files: Files) -> object:
 
 
 def read_onnx(root: Path, files: Files) -> object:
-    from vaekit.runtimes.onnxrt import load_info
+    from vaekit.runtimes.backends.onnxrt import load_info
 
     return load_info(root / "decoder.onnx")
 
@@ -70,7 +70,7 @@ def read_metadata(root: Path, files: Files) -> object:
 
 def read_plan_sidecar(root: Path, files: Files) -> object:
     from vaekit.runtimes.artifacts import read_sidecar
-    from vaekit.runtimes.trt import load_info
+    from vaekit.runtimes.backends.trt import load_info
 
     read_sidecar(root / "decoder.plan")
     return load_info(root / "decoder.plan")
@@ -112,7 +112,7 @@ def read_trainer(root: Path, files: Files) -> object:
 def read_fastest(root: Path, files: Files) -> object:
     """The chosen row names an artifact in the directory itself: `--runtime auto` loads it with the trust of the
     manifest beside it, so a name leaving the directory would load a file another manifest vouches for."""
-    from vaekit.runtimes.fastest import choose
+    from vaekit.runtimes.measuring.fastest import choose
 
     artifact = choose(root, "decoder", 3).get("artifact")  # load_fastest reads entry["artifact"]
     assert isinstance(artifact, str) and "/" not in artifact and artifact not in ("", ".", ".."), artifact
@@ -120,7 +120,7 @@ def read_fastest(root: Path, files: Files) -> object:
 
 
 def read_bundle_model(root: Path, files: Files) -> object:
-    from vaekit.runtimes.web_bundle import stale
+    from vaekit.runtimes.backends.web_bundle import stale
 
     return stale(root / "web")
 
@@ -191,7 +191,7 @@ PLAN = {"decoder.plan": b"plan"}
 
 
 def _fastest_seed() -> dict[str, Any]:
-    from vaekit.runtimes.machine import cpu_model
+    from vaekit.runtimes.cpu import cpu_model
 
     rows = [{"graph": "decoder", "runtime": "onnxruntime", "precision": "fp32", "batch": b, "artifact": "decoder.onnx",
              "p50_ms": 0.1, "parity": "passed"} for b in (1, 8)]  # fmt: skip

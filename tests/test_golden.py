@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
 from vaekit.runtimes.artifacts import GOLDEN_OUTPUTS, load_golden, load_inputs
-from vaekit.runtimes.cpu_rewrites import rewrite_for_wasm
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_wasm
 from vaekit.runtimes.registry import load_decoder, load_encoder
 
 runner = CliRunner()

@@ -17,16 +17,16 @@ from onnx import numpy_helper
 from PIL import Image
 
 from vaekit.data import ImageData, to_float
-from vaekit.runtimes import pyt
 from vaekit.runtimes.artifacts import load_inputs, onnx_name
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
-from vaekit.runtimes.layerwise import COLUMNS, NEEDS_EXPORT, layerwise
-from vaekit.runtimes.layerwise_budget import costliest, node_budget
-from vaekit.runtimes.layerwise_capture import capture_for
-from vaekit.runtimes.layerwise_judge import GROWTH_FACTOR, LayerResult, first_divergence
-from vaekit.runtimes.layerwise_map import scope_of
-from vaekit.runtimes.layerwise_png import save_layer_error_png
-from vaekit.runtimes.pyt import capture_checkpoint
+from vaekit.runtimes.backends import pyt
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.backends.pyt import capture_checkpoint
+from vaekit.runtimes.proving.layerwise import LayerwiseReport, compare_layers, save_layer_error_png
+from vaekit.runtimes.proving.layerwise.budget import costliest, node_budget
+from vaekit.runtimes.proving.layerwise.capture import capture_for
+from vaekit.runtimes.proving.layerwise.compare import NEEDS_EXPORT
+from vaekit.runtimes.proving.layerwise.judge import GROWTH_FACTOR, LayerResult, first_divergence
+from vaekit.runtimes.proving.layerwise.mapping import scope_of
 from vaekit.runtimes.registry import Backend
 
 PARITY_FILES = ("encoder.onnx", "decoder.onnx", "parity_inputs.npz", "manifest.json")
@@ -53,7 +53,7 @@ def _edit_weight(path: Path, weight: str, edit: Any) -> str:
 
 @pytest.mark.parametrize(("role", "rewrite"), [("encoder", True), ("decoder", True), ("decoder", False)])
 def test_fp32_graph_passes_every_layer(conv_art: Path, conv_run: Path, role: str, rewrite: bool) -> None:
-    report = layerwise(conv_art / onnx_name(role), conv_run, rewrite=rewrite)
+    report = compare_layers(conv_art / onnx_name(role), conv_run, rewrite=rewrite)
     assert report.passed, report.summary()
     compared = [layer for layer in report.layers if layer.metrics]
     modules = {layer.module for layer in compared}
@@ -68,7 +68,7 @@ def test_fp32_graph_passes_every_layer(conv_art: Path, conv_run: Path, role: str
 
 
 def test_the_rewritten_graph_folds_layers_it_computes_together(conv_art: Path, conv_run: Path) -> None:
-    report = layerwise(conv_art / "decoder.onnx", conv_run)  # CPU rewrites: Gemm+ConvTranspose, phase convs
+    report = compare_layers(conv_art / "decoder.onnx", conv_run)  # CPU rewrites: Gemm+ConvTranspose, phase convs
     by_module = {layer.module: layer for layer in report.layers}
     assert not by_module["decoder_input"].metrics and "later layer" in by_module["decoder_input"].note
     assert {"decoder_input", "decoder.0"} <= set(by_module["decoder.1"].fused)  # BatchNorm folded, Linear rewritten
@@ -81,7 +81,7 @@ def test_a_broken_convolution_is_the_first_divergence(tmp_path: Path, conv_art: 
         w[0] += 0.5
 
     node = _edit_weight(art / "decoder.onnx", "model.final_layer.3.weight", perturb)
-    report = layerwise(art / "decoder.onnx", conv_run, rewrite=False)
+    report = compare_layers(art / "decoder.onnx", conv_run, rewrite=False)
     fd = report.first_divergence
     assert fd is not None and not report.passed
     assert (fd["graph"], fd["module"], fd["onnx_node"], fd["op_type"]) == ("decoder", "final_layer.3", node, "Conv")
@@ -90,7 +90,7 @@ def test_a_broken_convolution_is_the_first_divergence(tmp_path: Path, conv_art: 
     assert len(before) == 3 and all(layer.metrics and not layer.broken for layer in before)
     assert report.summary().startswith(f"first divergence: decoder layer final_layer.3 (Conv {node})")
     rows = report.rows()
-    assert all(len(row) == len(COLUMNS) for row in rows)
+    assert all(len(row) == len(LayerwiseReport.COLUMNS) for row in rows)
     assert [row[-1] for row in rows if row[0] == "final_layer.3"] == ["<- first divergence"]
     saved = json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert saved["first_divergence"]["onnx_node"] == node and saved["passed"] is False
@@ -110,7 +110,7 @@ def test_a_broken_layer_is_named_by_the_file_node_when_the_runtime_rewrites_it(
         w[0, 0] += 0.5
 
     node = _edit_weight(art / "decoder.onnx", "model.decoder.0.weight", perturb)  # folded with decoder.1 (BN)
-    report = layerwise(art / "decoder.onnx", conv_run)  # rewrite=True: this node runs inside one Gemm
+    report = compare_layers(art / "decoder.onnx", conv_run)  # rewrite=True: this node runs inside one Gemm
     fd = report.first_divergence
     assert fd is not None
     assert (fd["module"], fd["onnx_node"], fd["op_type"]) == ("decoder.1", node, "ConvTranspose")
@@ -124,7 +124,7 @@ def test_nan_in_a_weight_is_reported_where_it_appears(tmp_path: Path, conv_art: 
         w[1, 0, 0, 0] = np.nan
 
     node = _edit_weight(art / "encoder.onnx", "model.encoder.3.weight", poison)
-    report = layerwise(art / "encoder.onnx", conv_run)
+    report = compare_layers(art / "encoder.onnx", conv_run)
     fd = report.first_divergence
     assert fd is not None and fd["reason"] == "nonfinite"
     assert (fd["module"], fd["onnx_node"]) == ("encoder.4", node)
@@ -137,7 +137,7 @@ def test_nan_in_a_weight_is_reported_where_it_appears(tmp_path: Path, conv_art: 
 
 @pytest.fixture(scope="module")
 def int8_decoder(tmp_path_factory: pytest.TempPathFactory, conv_art: Path, digits16: ImageData) -> Path:
-    from vaekit.export.quantize import quantize_int8
+    from vaekit.export.precisions.int8 import quantize_int8
 
     art = _copy(conv_art, tmp_path_factory.mktemp("int8_layerwise"))
     _, z = load_inputs(art)
@@ -148,7 +148,7 @@ def int8_decoder(tmp_path_factory: pytest.TempPathFactory, conv_art: Path, digit
 def test_an_int8_graph_shows_its_per_layer_budget(int8_decoder: Path, conv_run: Path) -> None:
     int8 = onnx.load(str(int8_decoder))
     assert any(scope_of(n) is None for n in int8.graph.node)  # rewritten and Q/DQ nodes carry no metadata
-    report = layerwise(int8_decoder, conv_run)
+    report = compare_layers(int8_decoder, conv_run)
     assert report.runtime.endswith("int8") and report.passed, report.summary()
     compared = [layer for layer in report.layers if layer.metrics]
     assert {"decoder.1", "decoder.2", "output image"} <= {layer.module for layer in compared}
@@ -174,7 +174,7 @@ def test_a_foreign_graph_gets_its_outputs_compared(tmp_path: Path, conv_art: Pat
     foreign = tmp_path / "someone_elses.onnx"
     onnx.save(model, str(foreign))
     _, z = load_inputs(conv_art)
-    report = layerwise(foreign, conv_run, inputs=z)
+    report = compare_layers(foreign, conv_run, inputs=z)
     assert report.notes == [NEEDS_EXPORT.format(name=foreign.name)]
     assert [layer.module for layer in report.layers] == ["output image"]
     assert report.passed, report.summary()
@@ -190,7 +190,7 @@ def test_the_pytorch_reference_is_every_module_in_execution_order(conv_run: Path
 
 
 def test_a_runtime_that_cannot_mark_tensors_says_why() -> None:
-    backend = Backend("fake", "fake", "vaekit.runtimes.flops", (".onnx",), ("cpu",), "no capture")
+    backend = Backend("fake", "fake", "cuda", (".onnx",), ("cpu",), "no capture")
     capture, why = capture_for(backend)
     assert capture is None and "capture_tensors" in why
 
@@ -202,8 +202,8 @@ def test_layerwise_against_the_fp32_graph_needs_no_torch(conv_art: Path) -> None
         "for name in ('torch', 'safetensors', 'onnxscript'):\n"
         "    sys.modules[name] = None\n"
         "from pathlib import Path\n"
-        "from vaekit.runtimes.layerwise import layerwise\n"
-        f"report = layerwise(Path({str(conv_art / 'decoder.onnx')!r}))\n"
+        "from vaekit.runtimes.proving.layerwise import compare_layers\n"
+        f"report = compare_layers(Path({str(conv_art / 'decoder.onnx')!r}))\n"
         "assert report.passed and report.reference.startswith('decoder.onnx'), report.summary()\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
@@ -226,6 +226,6 @@ def test_a_layer_that_amplifies_error_far_beyond_its_neighbours_is_named() -> No
 
 def test_an_in_memory_pytorch_reference_is_used_as_export_has_it(conv_art: Path, conv_run: Path) -> None:
     decoder = pyt.load(conv_run, "decoder", "cpu")  # what export holds after loading the weights once
-    report = layerwise(conv_art / "decoder.onnx", decoder, rewrite=False)
+    report = compare_layers(conv_art / "decoder.onnx", decoder, rewrite=False)
     assert report.passed and report.reference.startswith("pytorch (in memory")
     assert len([layer for layer in report.layers if layer.metrics]) == 7

@@ -35,8 +35,8 @@ from vaekit.images import (
     scale_to_width,
 )
 from vaekit.runtimes.generate import generate_picture
-from vaekit.runtimes.parity import ParityReport, fixed_latents
-from vaekit.runtimes.pictures import save_parity_png
+from vaekit.runtimes.proving.parity import ParityReport, fixed_latents
+from vaekit.runtimes.proving.pictures import save_parity_png
 
 MODEL_ARGS = ["--image-size", "32", "--latent-dim", "4", "--hidden-dims", "8,16,16,16", "--batch-size", "32"]
 

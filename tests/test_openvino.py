@@ -12,7 +12,7 @@ import pytest
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import load_inputs
 from vaekit.runtimes.base import ArtifactInfo
-from vaekit.runtimes.parity import judge, metrics, tolerance_for
+from vaekit.runtimes.proving.parity import judge, metrics, tolerance_for
 from vaekit.runtimes.registry import BACKENDS, load_decoder, load_encoder
 
 OPENVINO = BACKENDS["openvino"]
@@ -93,9 +93,9 @@ def test_layerwise_marks_openvino_tensors_and_names_a_broken_layer(
     import onnx
     from onnx import numpy_helper
 
-    from vaekit.runtimes.layerwise import layerwise
+    from vaekit.runtimes.proving.layerwise import compare_layers
 
-    report = layerwise(conv_art / "decoder.onnx", conv_run, runtime="openvino")
+    report = compare_layers(conv_art / "decoder.onnx", conv_run, runtime="openvino")
     compared = [layer for layer in report.layers if layer.metrics]
     assert report.passed and len(compared) > 2 and not report.notes  # intermediate layers, not outputs only
     model = onnx.load(str(conv_art / "decoder.onnx"))
@@ -103,5 +103,5 @@ def test_layerwise_marks_openvino_tensors_and_names_a_broken_layer(
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save(model, str(tmp_path / "decoder.onnx"))
     _, z = load_inputs(conv_art)
-    broken = layerwise(tmp_path / "decoder.onnx", conv_run, inputs=z, runtime="openvino")
+    broken = compare_layers(tmp_path / "decoder.onnx", conv_run, inputs=z, runtime="openvino")
     assert broken.first_divergence is not None and broken.first_divergence["module"] == "final_layer.3"

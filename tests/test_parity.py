@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
 from vaekit.cli.main import app
-from vaekit.runtimes import parity
-from vaekit.runtimes.parity import Tolerance, batch_sizes_for, fixed_latents, judge, metrics
+from vaekit.runtimes.proving import parity
+from vaekit.runtimes.proving.parity import Tolerance, batch_sizes_for, fixed_latents, judge, metrics
 from vaekit.runtimes.registry import BACKENDS
 
 runner = CliRunner()

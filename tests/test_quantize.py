@@ -14,13 +14,13 @@ from onnx import numpy_helper
 
 from vaekit.data import ImageData, to_float
 from vaekit.errors import VaekitError
-from vaekit.export import quantize
-from vaekit.export.quantize import quantize_int8
+from vaekit.export.precisions import int8
+from vaekit.export.precisions.int8 import quantize_int8
 from vaekit.runtimes import load_decoder
 from vaekit.runtimes.artifacts import load_inputs
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
-from vaekit.runtimes.onnxrt import OrtDecoder
-from vaekit.runtimes.parity import fixed_latents, load_reference, run_parity, typical_rows
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.backends.onnxrt import OrtDecoder
+from vaekit.runtimes.proving.parity import fixed_latents, load_reference, run_parity, typical_rows
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,13 @@ def test_layers_fall_back_to_fp32_when_the_target_is_missed(
     tmp_path: Path, int8_art: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     art, _ = int8_art
-    monkeypatch.setattr(quantize, "PSNR_MARGIN_DB", 500.0)  # an unreachable target forces every fallback
+    monkeypatch.setattr(int8, "PSNR_MARGIN_DB", 500.0)  # an unreachable target forces every fallback
     for name in ("encoder.onnx", "decoder.onnx"):
         shutil.copy(art / name, tmp_path / name)
     images_u8, z = load_inputs(art)
     r = quantize_int8(tmp_path / "decoder.onnx", tmp_path / "decoder.int8.onnx", to_float(images_u8, (0.0, 1.0)), z)
     fallbacks = [a["fp32_layers"] for a in r["attempts"][2:]]  # after the two calibrations, ever more float layers
-    assert [len(f) for f in fallbacks] == list(range(1, quantize.MAX_FP32_LAYERS + 1))
+    assert [len(f) for f in fallbacks] == list(range(1, int8.MAX_FP32_LAYERS + 1))
     assert r["fp32_layers"] == []  # float layers that do not reach the target are not worth their speed
     model = onnx.load(str(tmp_path / "decoder.int8.onnx"))
     float_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}

@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> the import package it is installed as (pyproject.toml's package-dir mapping)
 PACKAGES = {"vaekit": "vaekit", "export": "vaekit.export", "runtimes": "vaekit.runtimes"}
 TORCH_CORE = {"vaekit.model", "vaekit.train", "vaekit.evaluate", "vaekit.checkpoint"}
+TORCH_BACKEND = "vaekit.runtimes.backends.pyt"
+# The rooms of runtimes/, lowest first: a room imports its own modules and those of rooms below it. The top
+# (the interface, artifact names, the CPU, the registry, generate) is the floor every room stands on.
+RUNTIME_ROOMS = ("top", "backends", "proving", "measuring")
 ONE_PLACE = ("decoder.onnx", "manifest.json", "parity.json", "parity_inputs.npz", "config.json", "model.safetensors")
 
 
@@ -59,10 +63,10 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_resolver_sees_nested_and_mapped_imports() -> None:
     edges = graph()
-    assert "vaekit.runtimes.registry" in edges["vaekit.runtimes.parity"]  # a mapped package
-    assert "vaekit.export.quantize" in edges["vaekit.export.pipeline"]  # imported inside a function
-    assert "vaekit.export.bf16" in edges["vaekit.export.engines"]
-    assert "vaekit.runtimes.registry" in edges["vaekit.runtimes.machine"]  # also inside a function
+    assert "vaekit.runtimes.registry" in edges["vaekit.runtimes.proving.parity"]  # a mapped package
+    assert "vaekit.export.precisions.int8" in edges["vaekit.export.pipeline"]  # imported inside a function
+    assert "vaekit.export.precisions.bf16" in edges["vaekit.export.tensorrt.engines"]
+    assert "vaekit.runtimes.registry" in edges["vaekit.runtimes.measuring.machine"]  # also inside a function
 
 
 def test_parts_import_only_downwards() -> None:
@@ -76,10 +80,51 @@ def test_only_the_pytorch_backend_reaches_into_the_torch_core() -> None:
     wrong = [
         f"{src} -> {dst}"
         for src, dsts in graph().items()
-        if part(src) == "runtimes" and src != "vaekit.runtimes.pyt"
+        if part(src) == "runtimes" and src != TORCH_BACKEND
         for dst in dsts & TORCH_CORE
     ]
     assert not wrong, wrong
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[2] in RUNTIME_ROOMS else "top"
+
+
+def test_runtime_rooms_import_only_downwards() -> None:
+    edges = graph()
+    rank = {name: i for i, name in enumerate(RUNTIME_ROOMS)}
+    wrong = [
+        f"{src} -> {dst}"
+        for src, dsts in edges.items()
+        if part(src) == "runtimes"
+        for dst in dsts
+        if part(dst) == "runtimes" and rank[room(dst)] > rank[room(src)]
+    ]
+    assert not wrong, wrong
+    assert {room(m) for m in edges if part(m) == "runtimes"} == set(RUNTIME_ROOMS)
+
+
+def test_each_room_says_what_it_is_for() -> None:
+    for folder in [p for p in (ROOT / "runtimes").rglob("*") if p.is_dir() and p.name != "__pycache__"]:
+        init = folder / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), folder
+
+
+def test_a_backend_is_one_file_in_the_backends_room() -> None:
+    from vaekit.runtimes.registry import BACKENDS
+
+    for backend in BACKENDS.values():
+        assert (ROOT / "runtimes" / "backends" / f"{backend.module}.py").is_file(), backend.name
+        assert room(backend.import_path) == "backends"
+
+
+def test_the_public_imports_hold() -> None:
+    import vaekit.runtimes as runtimes
+
+    names = ("load_encoder", "load_decoder", "open_encoder", "open_decoder", "describe", "BACKENDS")
+    assert all(callable(getattr(runtimes, n)) for n in names[:-1])
+    assert set(runtimes.BACKENDS) >= {"pyt", "onnxrt", "openvino", "trt", "browser"}
 
 
 def test_no_import_cycles() -> None:

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from vaekit.cli.main import app
 from vaekit.errors import VaekitError
-from vaekit.export.tensorrt import check_gpu_precision, check_precision, make_sidecar
+from vaekit.export.tensorrt.build import check_gpu_precision, check_precision, make_sidecar
 from vaekit.runtimes.artifacts import read_sidecar, sidecar_path
+from vaekit.runtimes.backends.trt import check_compatible, layer_precisions
 from vaekit.runtimes.registry import BACKENDS, describe, load_decoder
-from vaekit.runtimes.trt import check_compatible, layer_precisions
 
 runner = CliRunner()
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
@@ -200,7 +200,7 @@ def engines(conv_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     if TRT_MISSING:
         pytest.skip(f"needs TensorRT on a CUDA GPU: {TRT_MISSING}")
     from vaekit.export.pipeline import export_artifacts
-    from vaekit.runtimes.cuda import gpu_identity
+    from vaekit.runtimes.backends.cuda import gpu_identity
 
     found = {}
     for precision in ("fp32", "fp16", "bf16"):
@@ -231,7 +231,7 @@ def test_fp32_engines_match_pytorch_within_1e_3(engines: dict[str, Path]) -> Non
 @gpu
 @needs_tensorrt
 def test_fp16_engines_reach_40_db_and_run_in_fp16(engines: dict[str, Path]) -> None:
-    from vaekit.runtimes.trt import gpu_identity, import_trt
+    from vaekit.runtimes.backends.trt import gpu_identity, import_trt
 
     cases = _cases(engines["fp16"], "tensorrt-cuda-fp16")
     assert cases["image"]["psnr"] >= 40.0, cases
@@ -244,7 +244,7 @@ def test_fp16_engines_reach_40_db_and_run_in_fp16(engines: dict[str, Path]) -> N
 @gpu
 @needs_tensorrt
 def test_bf16_engines_reach_40_db_and_run_in_bf16(engines: dict[str, Path]) -> None:
-    from vaekit.runtimes.cuda import gpu_identity
+    from vaekit.runtimes.backends.cuda import gpu_identity
 
     if not engines.get("bf16"):
         pytest.skip("this GPU has no bfloat16 arithmetic")
@@ -258,7 +258,7 @@ def test_bf16_engines_reach_40_db_and_run_in_bf16(engines: dict[str, Path]) -> N
 @gpu
 @needs_tensorrt
 def test_generate_round_trip_with_and_without_sidecar(engines: dict[str, Path], conv_run: Path, tmp_path: Path) -> None:
-    from vaekit.runtimes.parity import metrics
+    from vaekit.runtimes.proving.parity import metrics
     from vaekit.runtimes.registry import load_decoder as load_reference_decoder
 
     art = engines["fp16"]
@@ -301,7 +301,7 @@ def test_engine_refusals_on_a_gpu(engines: dict[str, Path], tmp_path: Path) -> N
 def test_build_engine_command_and_parser_errors(engines: dict[str, Path], tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
-    from vaekit.export.tensorrt import build_engine
+    from vaekit.export.tensorrt.build import build_engine
 
     art = engines["fp32"]
     out = tmp_path / "d16.plan"

@@ -25,7 +25,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OUR_FILES = (ROOT / "export" / "tensorrt.py", ROOT / "runtimes" / "trt.py", ROOT / "runtimes" / "layerwise_capture.py")
+OUR_FILES = (
+    ROOT / "export" / "tensorrt" / "build.py",
+    ROOT / "runtimes" / "backends" / "trt.py",
+    ROOT / "runtimes" / "proving" / "layerwise" / "capture.py",
+)
 WHEELS = {"10.3": "tensorrt-cu12-bindings==10.3.0", "11.4": "tensorrt-cu12-bindings==11.4.0.106"}
 PLATFORMS = ("manylinux_2_17_x86_64", "manylinux_2_28_x86_64")  # any host can read an x86-64 module's names
 # Variables that hold TensorRT objects in our code; attributes read on them are TensorRT API.
@@ -216,7 +220,7 @@ def test_we_use_no_removed_api() -> None:
 
 def test_version_dependent_names_are_handled() -> None:
     """The engine inspector's context property was renamed: we set whichever this TensorRT has."""
-    from vaekit.runtimes.trt import INSPECTOR_CONTEXT
+    from vaekit.runtimes.backends.trt import INSPECTOR_CONTEXT
 
     ivars = {v: bindings(v)[1] for v in WHEELS}
     assert "execution_context" in ivars["11.4"] and "execution_context" not in ivars["10.3"]

@@ -27,13 +27,13 @@ from vaekit.cli.main import app
 from vaekit.cli.web import view  # importing it registers `vaekit view` even before main lists the module
 from vaekit.data import to_float
 from vaekit.errors import VaekitError
-from vaekit.export.web import build_bundle, graph_for_the_web, publish
-from vaekit.runtimes import browser, web_bundle
+from vaekit.export.web.bundle import build_bundle, graph_for_the_web, publish
 from vaekit.runtimes.artifacts import WEB_DIR, load_inputs, onnx_name
+from vaekit.runtimes.backends import browser, web_bundle
+from vaekit.runtimes.backends.web_bundle import MODEL_JSON, RUNTIME_FILES, BundleServer, folder_files
 from vaekit.runtimes.base import Decoder
-from vaekit.runtimes.parity import TOLERANCES, judge, metrics
+from vaekit.runtimes.proving.parity import TOLERANCES, judge, metrics
 from vaekit.runtimes.registry import load_decoder, load_encoder
-from vaekit.runtimes.web_bundle import MODEL_JSON, RUNTIME_FILES, BundleServer, folder_files
 
 runner = CliRunner()
 FP32_CPU = TOLERANCES[("fp32", "cpu")]

@@ -13,7 +13,7 @@ from vaekit.cli.app import MEASURE_PANEL, command, err_console, out_console, wro
 from vaekit.cli.tables import BUSY_MACHINE, bench_table
 from vaekit.errors import UsageError, VaekitError
 from vaekit.fsutil import atomic_write_text
-from vaekit.runtimes.bench import DEFAULT_RUNTIMES, GRAPHS, RUNTIMES
+from vaekit.runtimes.measuring.bench import DEFAULT_RUNTIMES, GRAPHS, RUNTIMES
 
 ON_REQUEST = sorted(set(RUNTIMES) - set(DEFAULT_RUNTIMES))
 RUNTIME_HELP = f"Comma list of {', '.join(DEFAULT_RUNTIMES)}; {', '.join(ON_REQUEST)} on request."
@@ -56,8 +56,8 @@ def bench(
 ) -> None:
     """Latency (p50/p95), images/s, GFLOP/s vs this CPU's peak and peak memory of every runtime here."""
     from vaekit.runtimes.artifacts import artifact_dir_of
-    from vaekit.runtimes.bench import BenchSettings, Job, run_bench
-    from vaekit.runtimes.pictures import bench_chart
+    from vaekit.runtimes.measuring.bench import BenchSettings, Job, run_bench
+    from vaekit.runtimes.measuring.chart import bench_chart
 
     if not artifacts.is_dir():
         raise UsageError(f"{artifacts} is not an artifact directory")
@@ -104,7 +104,7 @@ def bench(
             highlight=False,
         )
     if record:
-        from vaekit.runtimes.fastest import record as keep
+        from vaekit.runtimes.measuring.fastest import record as keep
 
         wrote(keep(artifact_dir_of(artifacts), report))
     if not any(r.p50_ms for r in report.rows):

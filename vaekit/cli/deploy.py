@@ -23,10 +23,10 @@ from vaekit.config import (
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.parity import ParityReport
+from vaekit.runtimes.proving.parity import ParityReport
 
 if TYPE_CHECKING:
-    from vaekit.runtimes.layerwise import LayerwiseReport
+    from vaekit.runtimes.proving.layerwise import LayerwiseReport
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
 ALL_DEVICES = "cpu,cuda,tensorrt,wasm"
@@ -51,7 +51,7 @@ def _open(
     """The artifact's encoder or decoder and where it came from; `--runtime auto`: the fastest verified runtime
     `vaekit bench --record` measured for this directory on this machine."""
     from vaekit.runtimes.artifacts import artifact_dir_of, provenance
-    from vaekit.runtimes.fastest import load_fastest
+    from vaekit.runtimes.measuring.fastest import load_fastest
     from vaekit.runtimes.registry import open_decoder, open_encoder
 
     if runtime == "auto":
@@ -108,7 +108,7 @@ def export(
     if trt and (missing := BACKENDS["trt"].status("cuda")):
         raise VaekitError(f"--trt: {missing}")
     if web:
-        from vaekit.export.web import check_runtime_dir
+        from vaekit.export.web.bundle import check_runtime_dir
 
         check_runtime_dir(out, web_runtime_dir)  # before the export replaces out/web
     options = ExportOptions(max_batch, precision, int8, calibration_images, trt, data, overwrite)
@@ -128,7 +128,7 @@ def export(
         note(line)
     out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
     if web:
-        from vaekit.export.web import build_bundle
+        from vaekit.export.web.bundle import build_bundle
 
         wrote(build_bundle(out, web_runtime_dir), f" (vaekit view {out} serves it)")
 
@@ -182,8 +182,8 @@ def parity(
 ) -> None:
     """Compare every artifact on every runtime here against the reference; exit 1 if a tolerance breaks."""
     from vaekit.runtimes.artifacts import PARITY_PNG
-    from vaekit.runtimes.parity import parity_of
-    from vaekit.runtimes.pictures import save_parity_png
+    from vaekit.runtimes.proving.parity import parity_of
+    from vaekit.runtimes.proving.pictures import save_parity_png
 
     wanted = tuple(d.strip() for d in devices.split(",") if d.strip())
     report, info = parity_of(artifacts, checkpoint, data, wanted, reference_onnx)
@@ -213,23 +213,21 @@ def _layerwise(artifacts: Path, checkpoint: Path | None) -> list[LayerwiseReport
     from rich.table import Table
 
     from vaekit.runtimes.artifacts import ONNX_SUFFIX, artifact_dir_of, artifact_files
-    from vaekit.runtimes.layerwise import COLUMNS
-    from vaekit.runtimes.layerwise import layerwise as compare_layers
-    from vaekit.runtimes.layerwise_png import save_layer_error_png
+    from vaekit.runtimes.proving.layerwise import LayerwiseReport, compare_layers, save_layer_error_png
     from vaekit.runtimes.registry import describe, runnable_backend
 
     reports = []
     directory = artifact_dir_of(artifacts)
     for _, path in artifact_files(directory):
         if path.suffix != ONNX_SUFFIX:
-            continue  # engines: marking their layers needs TensorRT on a GPU (runtimes/layerwise_capture.py)
+            continue  # engines: marking their layers needs TensorRT on a GPU (runtimes/proving/layerwise/capture.py)
         precision = describe(path).precision
         if runnable_backend(path, "cpu", precision) is None:
             note(f"{path.name}: no runtime here runs a {precision} graph on the CPU (bf16: vaekit[openvino]); skipped")
             continue
         report = compare_layers(path, checkpoint)
         table = Table(title=f"{path.name} on {report.runtime} vs {report.reference}: {report.summary()}")
-        for column in COLUMNS:
+        for column in LayerwiseReport.COLUMNS:
             table.add_column(column)
         for row in report.rows():
             table.add_row(*(escape(cell) for cell in row))
@@ -326,7 +324,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What an artifact is (shapes, latent dim, precision, provenance), or which runtimes this machine has."""
-    from vaekit.runtimes.machine import machine_report
+    from vaekit.runtimes.measuring.machine import machine_report
     from vaekit.runtimes.registry import describe
 
     if artifact is None:
@@ -345,6 +343,6 @@ def info(
 def doctor() -> None:
     """Which runtimes, execution providers, GPUs and versions this machine has, and what each command lacks."""
     from vaekit.extras import report
-    from vaekit.runtimes.machine import machine_report
+    from vaekit.runtimes.measuring.machine import machine_report
 
     out_console.print(key_value_table("this machine", {**machine_report(), "commands": report()}))

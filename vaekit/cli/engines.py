@@ -27,7 +27,7 @@ def build_engine(
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 1024,
 ) -> None:
     """Build a TensorRT engine (+ its .plan.json sidecar) from an ONNX graph, on this GPU."""
-    from vaekit.export.engines import EngineRequest, build_for_device
+    from vaekit.export.tensorrt.engines import EngineRequest, build_for_device
 
     result = build_for_device(EngineRequest(onnx, precision, max_batch, opt_batch, out, workspace_mib))
     if "bf16" in result:

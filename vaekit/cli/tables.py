@@ -8,8 +8,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from vaekit.runtimes.bench import BenchReport
-from vaekit.runtimes.parity import ParityReport
+from vaekit.runtimes.measuring.bench import BenchReport
+from vaekit.runtimes.proving.parity import ParityReport
 
 BUSY_MACHINE = 0.1  # other processes using more than this share of the CPUs make timings unreliable
 

@@ -35,10 +35,10 @@ def view(
     ] = None,
 ) -> None:
     """Serve the web bundle (sample grid, latent sliders, interpolation, decode in the browser) until Ctrl-C."""
-    from vaekit.runtimes.web_bundle import BundleServer, find_bundle, folder_files, stale
+    from vaekit.runtimes.backends.web_bundle import BundleServer, find_bundle, folder_files, stale
 
     if build:
-        from vaekit.export.web import build_bundle
+        from vaekit.export.web.bundle import build_bundle
 
         note(f"wrote {build_bundle(artifacts, runtime_dir)}")
     bundle = find_bundle(artifacts)

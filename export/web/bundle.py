@@ -1,6 +1,6 @@
 """Publish an artifact directory's web bundle: `web/` with the page, the graphs and ONNX Runtime Web.
 
-The files are assembled by `vaekit.runtimes.web_bundle` (the browser backend runs the same set); this step
+The files are assembled by `vaekit.runtimes.backends.web_bundle` (the browser backend runs the same set); this step
 owns writing them: into a temp folder beside `web/`, then one rename, so a failed fetch, a hash mismatch
 or a full disk leaves the previous bundle (or none), never a half-written one.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, check_output_dir
 from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name, web_graph_name
-from vaekit.runtimes.web_bundle import Files, bundle_files, runtime_files
+from vaekit.runtimes.backends.web_bundle import PAGE_FOLDER, Files, bundle_files, runtime_files
 
-PAGE_DIR = Path(__file__).with_name(WEB_DIR)  # package data: index.html, app.js, style.css
+PAGE_DIR = Path(__file__).with_name(PAGE_FOLDER)  # package data: index.html, app.js, style.css
 
 
 def build_bundle(artifact_dir: Path, runtime_dir: Path | None = None) -> Path:

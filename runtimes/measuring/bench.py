@@ -33,11 +33,11 @@ from vaekit.runtimes.artifacts import (
     onnx_name,
     plan_name,
 )
+from vaekit.runtimes.backends.onnxrt import cpu_cores
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.flops import count_flops
-from vaekit.runtimes.machine import bench_machine
-from vaekit.runtimes.onnxrt import cpu_cores
-from vaekit.runtimes.parity import ParityReport, compare_decoder, compare_encoder, load_reference
+from vaekit.runtimes.measuring.flops import count_flops
+from vaekit.runtimes.measuring.machine import bench_machine
+from vaekit.runtimes.proving.parity import ParityReport, compare_decoder, compare_encoder, load_reference
 from vaekit.runtimes.registry import BACKENDS, describe
 
 GRAPHS = ("decoder", "encoder")
@@ -317,7 +317,7 @@ def _run_child(job: Job) -> list[Row]:
     base = Row(runtime=job.runtime, graph=job.graph, precision=job.precision, batch=0)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "vaekit.runtimes.bench_child", json.dumps(asdict(job))],
+            [sys.executable, "-m", "vaekit.runtimes.measuring.bench_child", json.dumps(asdict(job))],
             capture_output=True,
             text=True,
             timeout=limit,

@@ -19,7 +19,7 @@ from vaekit.data import load_data, to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.artifacts import Role, artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
-from vaekit.runtimes.golden import golden_reference
+from vaekit.runtimes.proving.golden import golden_reference
 from vaekit.runtimes.registry import BACKENDS, Backend, backends_for, describe, load_decoder, load_encoder
 
 PARITY_SEED = 20240229

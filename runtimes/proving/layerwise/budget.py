@@ -1,7 +1,7 @@
 """The precision budget: which nodes of an fp16/bf16/int8 graph cost the accuracy, measured against the fp32
 graph they were made from, node by node, with the same metrics and rules as layerwise parity.
 
-export/fp16.py and export/quantize.py use it to choose what stays in float: `node_budget` on the candidate
+export/precisions/fp16.py and int8.py use it to choose what stays in float: `node_budget` on the candidate
 graph in memory, then `costliest` for the order in which to keep nodes out of reduced precision.
 Needs numpy, onnx and onnxruntime only (an fp16 engine is built on devices without torch).
 """
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vaekit.runtimes.layerwise import role_of
-from vaekit.runtimes.layerwise_capture import run_marked
-from vaekit.runtimes.layerwise_judge import LayerResult, compare, groups_for
-from vaekit.runtimes.layerwise_map import follow_qdq, node_units
+from vaekit.runtimes.proving.layerwise.capture import run_marked
+from vaekit.runtimes.proving.layerwise.compare import role_of
+from vaekit.runtimes.proving.layerwise.judge import LayerResult, compare, groups_for
+from vaekit.runtimes.proving.layerwise.mapping import follow_qdq, node_units
 
 if TYPE_CHECKING:
     import onnx
@@ -32,7 +32,7 @@ def node_budget(
     rewritten fp32 graph the quantizer started from. Each node's candidate value is what its readers see
     (after its Q/DQ pair). Needs onnx and onnxruntime only.
     """
-    from vaekit.runtimes.onnxrt import cpu_session
+    from vaekit.runtimes.backends.onnxrt import cpu_session
 
     role = role_of(reference)
     found = node_units(reference)

@@ -1,16 +1,16 @@
 """Layerwise parity: the first layer of an artifact that computes something other than the reference.
 
-Layers are PyTorch modules, found in the graph by the exporter's node metadata (`layerwise_map`); the
-candidate's tensors come from its runtime (`layerwise_capture`), the reference's from PyTorch forward hooks
+Layers are PyTorch modules, found in the graph by the exporter's node metadata (`mapping`); the
+candidate's tensors come from its runtime (`capture`), the reference's from PyTorch forward hooks
 (`pyt.capture_modules`) or, without a checkpoint, from the fp32 ONNX graph beside the artifact (ONNX
-Runtime CPU, the graph as stored). How a layer is judged is stated once, in `layerwise_judge`.
+Runtime CPU, the graph as stored). How a layer is judged is stated once, in `judge`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 import numpy as np
 
@@ -18,8 +18,8 @@ from vaekit.data import to_float
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import INPUT_NAME, ROLES, Role, load_inputs, onnx_name
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.layerwise_capture import Tensors, capture_for, graph_source, run_marked
-from vaekit.runtimes.layerwise_judge import (
+from vaekit.runtimes.proving.layerwise.capture import Tensors, capture_for, graph_source, run_marked
+from vaekit.runtimes.proving.layerwise.judge import (
     GROWTH_FACTOR,
     NOISE_FRACTION,
     LayerResult,
@@ -27,7 +27,7 @@ from vaekit.runtimes.layerwise_judge import (
     first_divergence,
     groups_for,
 )
-from vaekit.runtimes.layerwise_map import output_units, scope_of, tensor_keys, units
+from vaekit.runtimes.proving.layerwise.mapping import output_units, scope_of, tensor_keys, units
 from vaekit.runtimes.registry import Backend, backend_for, runnable_backend
 
 if TYPE_CHECKING:
@@ -37,11 +37,12 @@ NEEDS_EXPORT = (
     "layer mapping needs a vaekit export: {name} carries no torch.onnx node metadata; compared graph outputs only"
 )
 Reference: TypeAlias = Path | str | Encoder | Decoder | None  # or a PyTorch VAE in memory
-COLUMNS = ("layer", "op", "onnx node", "max abs", "p99 abs", "cosine", "growth", "tolerance", "")
+TABLE_COLUMNS = ("layer", "op", "onnx node", "max abs", "p99 abs", "cosine", "growth", "tolerance", "")
 
 
 @dataclass
 class LayerwiseReport:
+    COLUMNS: ClassVar[tuple[str, ...]] = TABLE_COLUMNS  # the header of rows()
     graph: Role
     artifact: str
     runtime: str
@@ -119,7 +120,7 @@ def role_of(model: onnx.ModelProto) -> Role:
 
 def _onnx_reference(fp32: Path, role: Role, x: np.ndarray) -> Tensors:
     """The fp32 graph's tensor for each of its layers, keyed like PyTorch's (module path, output name)."""
-    from vaekit.runtimes.layerwise_capture import ort_session, runnable_model
+    from vaekit.runtimes.proving.layerwise.capture import ort_session, runnable_model
 
     model, _ = runnable_model(fp32, "cpu", rewrite=False)
     found = units(model) or output_units(model)
@@ -131,7 +132,7 @@ def _onnx_reference(fp32: Path, role: Role, x: np.ndarray) -> Tensors:
 
 
 def _reference(reference: Reference, path: Path, role: Role, x: np.ndarray) -> tuple[Tensors, str]:
-    from vaekit.runtimes import pyt
+    from vaekit.runtimes.backends import pyt
 
     if isinstance(reference, Path | str):
         return pyt.capture_checkpoint(Path(reference), role, x), f"pytorch {Path(reference).name} (fp32, cpu)"
@@ -143,7 +144,7 @@ def _reference(reference: Reference, path: Path, role: Role, x: np.ndarray) -> t
     return _onnx_reference(fp32, role, x), f"{fp32.name} on onnxruntime-cpu (as stored)"
 
 
-def layerwise(
+def compare_layers(
     artifact: Path,
     reference: Reference = None,
     inputs: np.ndarray | None = None,
@@ -159,7 +160,7 @@ def layerwise(
     float32; default the parity inputs stored beside the artifact, up to its max batch. options: the
     backend's own (threads, rewrite for onnxrt).
     """
-    from vaekit.runtimes.onnxrt import read_graph
+    from vaekit.runtimes.backends.onnxrt import read_graph
 
     artifact = Path(artifact)
     backend = backend_for(artifact, runtime)

@@ -23,8 +23,8 @@ from onnx.reference import ReferenceEvaluator
 
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, fp32_source, set_metadata
-from vaekit.runtimes.onnxrt import cpu_session
-from vaekit.runtimes.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
+from vaekit.runtimes.backends.onnxrt import cpu_session
+from vaekit.runtimes.proving.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
 
 BF16_OPSET = 22  # the first opset whose Conv/ConvTranspose accept bfloat16
 EMULATED_ROWS = 2  # inputs run through the (slow) reference evaluator in bfloat16 arithmetic

@@ -29,9 +29,9 @@ from onnx.reference import ReferenceEvaluator
 
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, fp32_source, set_metadata
-from vaekit.runtimes.layerwise_budget import node_budget
-from vaekit.runtimes.onnxrt import cpu_session
-from vaekit.runtimes.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
+from vaekit.runtimes.backends.onnxrt import cpu_session
+from vaekit.runtimes.proving.layerwise.budget import node_budget
+from vaekit.runtimes.proving.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
 
 FP16_MAX = 65504.0  # largest finite float16
 HEADROOM_MARGIN = 16.0  # keep 4 bits of range spare: unseen inputs may reach further than the profiled ones

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from vaekit.images import save_image
-from vaekit.runtimes.layerwise import LayerwiseReport
+from vaekit.runtimes.proving.layerwise.compare import LayerwiseReport
 
 ROW, LABEL_WIDTH, BAR_WIDTH, TOP, BOTTOM = 18, 260, 420, 34, 30
 BAR, DIVERGED, NONFINITE, GREY, TICK = (31, 119, 180), (214, 39, 40), (120, 0, 0), (150, 150, 150), (0, 0, 0)

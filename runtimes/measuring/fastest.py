@@ -13,8 +13,8 @@ from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_text
 from vaekit.runtimes.artifacts import FASTEST, Role
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.bench import PEERS, BenchReport, load_peer
-from vaekit.runtimes.machine import cpu_model
+from vaekit.runtimes.cpu import cpu_model
+from vaekit.runtimes.measuring.bench import PEERS, BenchReport, load_peer
 
 
 def record(artifact_dir: Path, report: BenchReport) -> Path:

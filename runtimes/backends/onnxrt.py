@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, WITH_ARTICLE, Role
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, metadata_to_info
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
 
 LABEL = "onnxruntime"
 # device -> execution provider. "tensorrt" is ONNX Runtime's TensorRT execution provider (it builds its own
-# engines from the .onnx); the native TensorRT backend that runs our .plan files is `vaekit.runtimes.trt`.
+# engines from the .onnx); the native TensorRT backend that runs our .plan files is `vaekit.runtimes.backends.trt`.
 TENSORRT_EP = "tensorrt"
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

@@ -19,8 +19,8 @@ from vaekit.data import to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.export.manifest import add_files
 from vaekit.runtimes.artifacts import ONNX_SUFFIX, PRECISIONS, load_inputs, onnx_name, plan_name, sidecar_path
+from vaekit.runtimes.backends.cuda import gpu_identity
 from vaekit.runtimes.base import ArtifactInfo
-from vaekit.runtimes.cuda import gpu_identity
 from vaekit.runtimes.registry import BACKENDS, describe
 
 
@@ -65,10 +65,10 @@ FLOAT_GRAPHS = ("fp16", "bf16")  # precisions written from the fp32 graph withou
 def float_converter(precision: str) -> Callable[[Path, Path, np.ndarray, np.ndarray], dict[str, Any]]:
     """The pass that writes a `precision` graph from the fp32 one: fp16 range-profiled, bf16 rounded."""
     if precision == "fp16":
-        from vaekit.export.fp16 import convert_fp16
+        from vaekit.export.precisions.fp16 import convert_fp16
 
         return convert_fp16
-    from vaekit.export.bf16 import convert_bf16
+    from vaekit.export.precisions.bf16 import convert_bf16
 
     return convert_bf16
 
@@ -82,7 +82,7 @@ def _float_graph(onnx: Path, info: ArtifactInfo, precision: str) -> tuple[Path, 
 def build_for_device(request: EngineRequest) -> dict[str, Any]:
     """Check, convert if asked, build, and record the new files in the manifest; returns the build summary
     (with the conversion's report under its precision, "fp16" or "bf16", when one was made)."""
-    from vaekit.export.tensorrt import build_engine, check_gpu_precision
+    from vaekit.export.tensorrt.build import build_engine, check_gpu_precision
 
     info = request.check()
     missing = BACKENDS["trt"].status("cuda")

@@ -7,9 +7,9 @@ needs the network and no build needs Node.js. A folder the user names (an unpack
 package, or its `dist/`) replaces the fetch.
 
 Why this lives in runtimes/: the browser backend builds the same file set in memory to run a graph, and
-runtimes must not import export/. `vaekit.export.web` publishes it as `web/` in an artifact directory.
-The page's own files are package data of `vaekit.export` (folder `export/web/`), located here without
-importing that package.
+runtimes must not import export/. `vaekit.export.web.bundle` publishes it as `web/` in an artifact directory.
+The page's own files are package data of `vaekit.export.web` (folder `export/web/explorer/`), located here
+without importing that package.
 """
 
 from __future__ import annotations
@@ -185,14 +185,16 @@ def runtime_status(cache: Path | None = None) -> str:
 
 # --- the model and the page -------------------------------------------------------------------------------
 
+PAGE_FOLDER = "explorer"  # the latent-space explorer page, a folder of the vaekit.export.web package
+
 
 def page_dir() -> Path:
-    """export/web/: the page's static files, package data of vaekit.export (found, not imported)."""
-    spec = importlib.util.find_spec("vaekit.export")
+    """export/web/explorer/: the page's static files, package data of vaekit.export.web (found, not imported)."""
+    spec = importlib.util.find_spec("vaekit.export.web")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
         raise VaekitError("vaekit.export is not installed: the web page's files are missing")
-    return Path(locations[0]) / WEB_DIR
+    return Path(locations[0]) / PAGE_FOLDER
 
 
 def latent_kl(encoder: Path, images_u8: np.ndarray, value_range: tuple[float, float]) -> list[float]:

@@ -36,7 +36,7 @@ def status(device: str) -> str:
 
 def precision_status(device: str, precision: str) -> str:
     """bf16 autocast runs anywhere, but only CPUs with bf16 units (AVX512-BF16, AMX) make it fast."""
-    from vaekit.runtimes.machine import cpu_flags
+    from vaekit.runtimes.cpu import cpu_flags
 
     missing = status(device)
     if missing or device != "cpu":

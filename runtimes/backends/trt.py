@@ -1,6 +1,6 @@
 """TensorRT backend: a plain `.plan` engine plus its sidecar `<name>.plan.json`, run with execute_async_v3.
 
-The sidecar (written by `vaekit.export.tensorrt.build_engine`, read by `artifacts.read_sidecar`) carries
+The sidecar (written by `vaekit.export.tensorrt.build.build_engine`, read by `artifacts.read_sidecar`) carries
 what the engine itself cannot: vaekit metadata, the TensorRT version and GPU it was built for, the
 batch profile, and the plan's size and sha256. It is checked before deserializing, so a plan from
 another TensorRT or GPU, or a truncated one, fails with one line saying how to rebuild. Without a
@@ -20,8 +20,8 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, ROLES, WITH_ARTICLE, Role, read_sidecar, sidecar_path
+from vaekit.runtimes.backends.cuda import cuda_status, device_buffers, gpu_identity
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, metadata_to_info
-from vaekit.runtimes.cuda import cuda_status, device_buffers, gpu_identity
 
 LABEL = "tensorrt"
 TRT_MISSING = "tensorrt not installed (pip install 'vaekit[trt]' on a machine with an NVIDIA GPU)"

@@ -20,10 +20,10 @@ from typing import Any
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from vaekit.runtimes.artifacts import SIDECAR_FORMAT, TIMING_CACHE, sidecar_path
+from vaekit.runtimes.backends.cuda import cuda_status, gpu_identity
+from vaekit.runtimes.backends.onnxrt import graph_metadata, read_graph
+from vaekit.runtimes.backends.trt import import_trt, inspect_engine, layer_precisions
 from vaekit.runtimes.base import metadata_to_info
-from vaekit.runtimes.cuda import cuda_status, gpu_identity
-from vaekit.runtimes.onnxrt import graph_metadata, read_graph
-from vaekit.runtimes.trt import import_trt, inspect_engine, layer_precisions
 
 WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT may use per layer; our VAEs need far less
 BF16_MIN_COMPUTE = (8, 0)  # TensorRT runs bfloat16 from Ampere (sm_80; Jetson Orin is 8.7) on

@@ -23,7 +23,7 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import ENGINE_SUFFIXES, read_sidecar
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.registry import Backend
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def runnable_model(path: Path, device: str = "cpu", rewrite: bool = True) -> tup
     """The graph as the onnxrt backend runs it on `device`: on CPU with its exact rewrites applied in memory."""
     import onnx
 
-    from vaekit.runtimes.onnxrt import read_graph
+    from vaekit.runtimes.backends.onnxrt import read_graph
 
     model = read_graph(path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
@@ -79,7 +79,7 @@ def run_marked(model: onnx.ModelProto, names: list[str], x: np.ndarray, session:
 
 def ort_session(path: Path, device: str, threads: int | None) -> Callable[[bytes], Any]:
     """Sessions as the onnxrt backend builds them: its options, its provider (and TensorRT EP profile)."""
-    from vaekit.runtimes import onnxrt
+    from vaekit.runtimes.backends import onnxrt
 
     reason = onnxrt.status(device)
     if reason:
@@ -113,8 +113,8 @@ def capture_tensorrt(path: Path, device: str, names: list[str], x: np.ndarray) -
     Built as export builds it (strongly typed, TF32 off) for exactly x's shape. A marked tensor that is not
     float32 (fp16 inside a strongly typed network) is cast to float32 first, so every buffer is float32.
     """
-    from vaekit.runtimes.cuda import cuda_status, device_buffers
-    from vaekit.runtimes.trt import import_trt
+    from vaekit.runtimes.backends.cuda import cuda_status, device_buffers
+    from vaekit.runtimes.backends.trt import import_trt
 
     trt = import_trt()
     missing = cuda_status()
@@ -174,7 +174,7 @@ def capture_for(backend: Backend) -> tuple[Callable[..., Tensors] | None, str]:
     """The capture function of a backend, or None with the reason it cannot mark intermediate tensors."""
     if backend.name in BUILTIN:
         return BUILTIN[backend.name], ""
-    hook = getattr(importlib.import_module(backend.module), HOOK, None)
+    hook = getattr(importlib.import_module(backend.import_path), HOOK, None)
     if callable(hook):
         return hook, ""
-    return None, f"{backend.label} cannot mark intermediate tensors here ({backend.module} has no {HOOK})"
+    return None, f"{backend.label} cannot mark intermediate tensors here ({backend.import_path} has no {HOOK})"

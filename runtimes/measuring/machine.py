@@ -3,7 +3,6 @@ backends can run here. One reading of /proc/cpuinfo serves `doctor`, manifests a
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import shutil
@@ -14,21 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import __version__
+from vaekit.runtimes.cpu import cpu_flags, cpu_model, cpuinfo, isa_flags
 
 NOT_INSTALLED = "not installed"
-ISA_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512fp16",
-    "avx_vnni",
-    "amx_bf16",
-    "amx_int8",
-    "amx_tile",
-    "asimd",
-)
 # Packages whose versions decide what an artifact computes (recorded in manifests and bench reports).
 VERSIONED = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino", "numpy", "onnxscript")
 
@@ -45,32 +32,6 @@ def package_versions() -> dict[str, str]:
     found = {"vaekit": __version__, "python": platform.python_version()}
     found.update({name: v for name in VERSIONED if (v := _version(name)) != NOT_INSTALLED})
     return found
-
-
-@functools.cache
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
-    found: dict[str, str] = {}
-    path = Path("/proc/cpuinfo")
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            found.setdefault(key.strip(), value.strip())
-    return found
-
-
-def cpu_flags() -> set[str]:
-    info = cpuinfo()
-    return set((info.get("flags") or info.get("Features") or "").split())
-
-
-def isa_flags() -> str:
-    """The vector ISA flags that decide which kernels a runtime can use here."""
-    return " ".join(f for f in ISA_FLAGS if f in cpu_flags()) or "unknown"
-
-
-def cpu_model() -> str:
-    return cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
 def cpu_peak(cores: int) -> dict[str, Any]:

@@ -34,11 +34,11 @@ import onnx
 from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.runtimes.artifacts import onnx_name
+from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
+from vaekit.runtimes.backends.onnxrt import OrtEncoder, cpu_session, graph_metadata, read_graph
 from vaekit.runtimes.base import in_batches
-from vaekit.runtimes.cpu_rewrites import rewrite_for_cpu
-from vaekit.runtimes.layerwise_budget import costliest, node_budget
-from vaekit.runtimes.onnxrt import OrtEncoder, cpu_session, graph_metadata, read_graph
-from vaekit.runtimes.parity import TOLERANCES, Tolerance, judge, judged_as, metrics, typical_rows
+from vaekit.runtimes.proving.layerwise.budget import costliest, node_budget
+from vaekit.runtimes.proving.parity import TOLERANCES, Tolerance, judge, judged_as, metrics, typical_rows
 
 PERCENTILE = 99.999
 CALIBRATION_BATCH = 32

@@ -20,9 +20,9 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import INPUT_NAME, OUTPUT_NAMES, WITH_ARTICLE, Role
+from vaekit.runtimes.backends.onnxrt import describe as describe_onnx
+from vaekit.runtimes.backends.onnxrt import load_info
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
-from vaekit.runtimes.onnxrt import describe as describe_onnx
-from vaekit.runtimes.onnxrt import load_info
 
 LABEL = "openvino"
 DEVICE_NAMES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}

@@ -28,8 +28,8 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import WITH_ARTICLE, Role, onnx_name
+from vaekit.runtimes.backends.web_bundle import BundleServer, Files, bundle_files, runtime_files, runtime_status
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
-from vaekit.runtimes.web_bundle import BundleServer, Files, bundle_files, runtime_files, runtime_status
 
 LABEL = "onnxruntime-web"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -272,7 +272,7 @@ def graphs_for(path: Path, role: Role) -> tuple[Path, Path | None]:
 
 
 def _info(path: Path, role: Role, device: str) -> ArtifactInfo:
-    from vaekit.runtimes.onnxrt import load_info
+    from vaekit.runtimes.backends.onnxrt import load_info
 
     info = load_info(path)
     if info.role != role:
@@ -326,6 +326,6 @@ def load(
 
 def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:
     """The graph's own metadata (role: only a checkpoint holds both halves; a graph describes its own)."""
-    from vaekit.runtimes.onnxrt import load_info
+    from vaekit.runtimes.backends.onnxrt import load_info
 
     return dataclasses.replace(load_info(path), backend=LABEL, device="wasm")

@@ -20,7 +20,17 @@ import numpy as np
 from vaekit.data import to_float
 from vaekit.runtimes.artifacts import PARITY_INPUTS, load_inputs
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.bench import GEMM_N, GEMM_PROBE, INPUT_SEED, PEERS, STABLE_MEDIAN, Job, Row, load_peer, verify
+from vaekit.runtimes.measuring.bench import (
+    GEMM_N,
+    GEMM_PROBE,
+    INPUT_SEED,
+    PEERS,
+    STABLE_MEDIAN,
+    Job,
+    Row,
+    load_peer,
+    verify,
+)
 
 
 def _rss_high_water_mb() -> float:
@@ -86,7 +96,7 @@ def _gemm_probe(threads: int) -> Call:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from vaekit.runtimes.onnxrt import cpu_session
+    from vaekit.runtimes.backends.onnxrt import cpu_session
 
     b = numpy_helper.from_array(
         np.random.default_rng(INPUT_SEED).standard_normal((GEMM_N, GEMM_N)).astype(np.float32), "b"

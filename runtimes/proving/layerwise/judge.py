@@ -25,9 +25,18 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.runtimes.artifacts import Role
-from vaekit.runtimes.layerwise_capture import Tensors
-from vaekit.runtimes.layerwise_map import Unit
-from vaekit.runtimes.parity import CPU_LIKE, TOLERANCES, Tolerance, judge, judged_as, metrics, typical_rows, worst
+from vaekit.runtimes.proving.layerwise.capture import Tensors
+from vaekit.runtimes.proving.layerwise.mapping import Unit
+from vaekit.runtimes.proving.parity import (
+    CPU_LIKE,
+    TOLERANCES,
+    Tolerance,
+    judge,
+    judged_as,
+    metrics,
+    typical_rows,
+    worst,
+)
 
 GROWTH_FACTOR = 30.0
 NOISE_FRACTION = 0.01

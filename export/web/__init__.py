@@ -1,0 +1,2 @@
+"""The web bundle: `bundle` publishes `web/` in an artifact directory; `explorer/` is the latent-space explorer
+page it ships (package data)."""
