@@ -33,24 +33,28 @@ from vaekit.export.onnx import export_onnx
 from vaekit.export.tensorrt.engines import FLOAT_GRAPHS, float_converter
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace
 from vaekit.runtimes.artifacts import (
+    ENGINE_SUFFIXES,
     ONNX_SUFFIX,
     PARITY_INPUTS,
     PARITY_JSON,
     PARITY_PNG,
     PRECISIONS,
     PUBLISHED,
+    ROLES,
     WEB_DIR,
     cpu_graph_name,
     is_artifact_dir,
     onnx_name,
     plan_name,
+    sidecar_path,
     web_graph_name,
 )
 from vaekit.runtimes.backends import pyt
 from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu, rewrite_for_wasm
 from vaekit.runtimes.backends.onnxrt import graph_metadata, read_graph
+from vaekit.runtimes.cpu import TARGET_CLASSES
 from vaekit.runtimes.proving.golden import save_golden
-from vaekit.runtimes.proving.parity import ParityReport, References, fixed_latents, run_parity
+from vaekit.runtimes.proving.parity import Case, ParityReport, References, fixed_latents, run_parity
 from vaekit.runtimes.proving.pictures import save_parity_png
 
 StepFn = Callable[[str, float], None]  # (step name, seconds) after each step
@@ -64,6 +68,7 @@ class ExportResult:
     steps: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     diagnosis: str = ""  # when parity failed: the first layer that diverges, from the layerwise pass
+    dropped: dict[str, str] = field(default_factory=dict)  # optional precision graph -> why it was not published
 
     @property
     def passed(self) -> bool:
@@ -75,6 +80,7 @@ class ExportOptions:
     max_batch: int = DEFAULT_MAX_BATCH
     precision: str = "fp32"  # the graph TensorRT builds from
     int8: bool = False
+    int8_target: str = "any"  # the CPUs an int8 graph must hold on (runtimes.cpu.TARGET_CLASSES)
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     trt: bool = False
     data: str | None = None  # images for parity and calibration; default: the run's own
@@ -85,6 +91,8 @@ class ExportOptions:
             raise VaekitError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.precision not in PRECISIONS:
             raise VaekitError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.int8_target not in TARGET_CLASSES:
+            raise VaekitError(f"unknown --int8-target {self.int8_target!r}: use {', '.join(TARGET_CLASSES)}")
         if self.calibration_images < 1:
             raise VaekitError(f"--calibration-images must be >= 1, got {self.calibration_images}")
 
@@ -138,6 +146,8 @@ def export_artifacts(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if result.passed:
+        if result.dropped:  # kept for inspection beside the published export, like a rejected one
+            set_aside(staging, out, list(result.dropped))
         publish(staging, out)
         result.out_dir = out
     else:
@@ -161,7 +171,8 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
         result.details["tensorrt"] = step("tensorrt", lambda: _engines(staging, list(paths), opts))
     reference = pyt.from_model(run.model, run.cfg, run.sha256, str(checkpoint.resolve()))
     save_golden(staging, *reference, images, z)
-    result.report = step("parity", lambda: run_parity(staging, reference, images, z))
+    report = step("parity", lambda: run_parity(staging, reference, images, z))
+    result.report, result.dropped = drop_failed_precisions(report, result.details)
     atomic_write_text(staging / PARITY_JSON, json.dumps(result.report.to_json(), indent=2) + "\n")
     save_parity_png(result.report, run.cfg.model.value_range, staging / PARITY_PNG)
     info = {
@@ -175,10 +186,45 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
         "steps_seconds": result.steps,
         "details": result.details,
     }
-    write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON})
+    if result.dropped:
+        info["dropped"] = result.dropped
+    write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON}, skip=set(result.dropped))
     if not result.report.passed:
         result.diagnosis = step("layerwise", lambda: diagnose(staging, result.report, reference))
     return result
+
+
+def drop_failed_precisions(report: ParityReport, details: dict[str, Any]) -> tuple[ParityReport, dict[str, str]]:
+    """Split off the optional precision graphs that failed, so the verified fp32 export is not lost with them.
+
+    A graph fails when one of its parity cases breaks a tolerance or, for int8, when it does not hold on every
+    CPU class its target names (judged by the quantizer). The fp32 graphs and runtime-side precisions stay as
+    judged: when they fail, the whole export does. Returns the report of what is published and file -> why."""
+    why: dict[str, str] = {}
+    for _role, summary in details.get("int8", {}).items():
+        if not summary.get("within_tolerance", True):
+            classes = summary.get("cpu_classes", {}).get("classes", {})
+            outside = [c for c, how in classes.items() if "OUTSIDE" in how]
+            where = f" on {', '.join(outside)} CPUs" if outside else ""
+            attempt = min(summary["attempts"], key=lambda a: len(a["broken"]))
+            first = attempt["broken"][0] if attempt["broken"] else "see the int8 attempts in manifest.json"
+            why[summary["file"]] = f"no int8 scheme met the int8 tolerance{where} ({first})"
+    for case in report.cases:
+        if case.broken and _precision_artifact(case):
+            why.setdefault(case.path, f"{case.runtime} {case.output}: {case.broken[0]}")
+    if not why:
+        return report, {}
+    kept = [c for c in report.cases if c.path not in why]
+    rest = ParityReport(report.reference, report.n_images, report.n_latents, kept, report.skipped, report.errors)
+    rest.previews = {k: v for k, v in report.previews.items() if any(c.runtime == k for c in kept)}
+    return (rest if kept else report), why
+
+
+def _precision_artifact(case: Case) -> bool:
+    """A graph stored in a lower precision, or an engine built in one: what a failed precision drops."""
+    graphs = {onnx_name(role, p) for role in ROLES for p in PRECISIONS if p != "fp32"}
+    precision = case.runtime.rsplit("-", 1)[-1]
+    return case.path in graphs or (precision != "fp32" and case.path.endswith(ENGINE_SUFFIXES))
 
 
 def diagnose(staging: Path, report: ParityReport, reference: References) -> str:
@@ -234,7 +280,7 @@ def _precision_graphs(
         result.details["int8"] = step(
             "int8",
             lambda: {
-                role: quantize_int8(p, p.with_name(onnx_name(role, "int8")), calibration, z)
+                role: quantize_int8(p, p.with_name(onnx_name(role, "int8")), calibration, z, opts.int8_target)
                 for role, p in paths.items()
             },
         )
@@ -300,6 +346,18 @@ def publish(staging: Path, out: Path) -> None:
         else:
             os.replace(item, out / item.name)
     staging.rmdir()
+
+
+def set_aside(staging: Path, out: Path, names: list[str]) -> Path:
+    """Move the dropped files into `<out>-rejected/` for inspection; the rest of staging is published."""
+    rejected = out.with_name(out.name + "-rejected")
+    shutil.rmtree(rejected, ignore_errors=True)
+    rejected.mkdir()
+    for name in names:
+        for path in (staging / name, sidecar_path(staging / name)):
+            if path.is_file():
+                os.replace(path, rejected / path.name)
+    return rejected
 
 
 def reject(staging: Path, out: Path) -> Path:

@@ -46,3 +46,26 @@ def isa_flags() -> str:
 
 def cpu_model() -> str:
     return cpuinfo().get("model name") or platform.processor() or "unknown"
+
+
+# int8 CPU classes: how a CPU accumulates u8 x s8 products decides what an int8 graph computes there.
+INT8_CLASSES = {
+    "vnni": "x86 with VNNI or AMX (vpdpbusd / tdpbusd: int32 accumulation)",
+    "avx2": "x86 with AVX2 but no VNNI, AVX-512 before VNNI included (vpmaddubsw: int16 pair sums saturate)",
+    "arm64": "ARM64 (widening multiplies or sdot/udot: int32 accumulation)",
+    "other": "another CPU (SSE-only x86 or unknown): no int8 class vaekit has proved",
+}
+# What each --int8-target must hold on.
+TARGET_CLASSES = {"any": ("vnni", "avx2", "arm64"), "vnni": ("vnni", "arm64")}
+
+
+def int8_class(flags: set[str] | None = None) -> str:
+    """This CPU's int8 class (a key of INT8_CLASSES), from its ISA flags."""
+    flags = cpu_flags() if flags is None else flags
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"}:
+        return "vnni"
+    if "avx2" in flags:
+        return "avx2"
+    if "asimd" in flags or platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    return "other"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from vaekit.config import LossConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.data import ImageData, load_data
+from vaekit.data import ImageData, load_data, to_float
 
 
 def _cuda_missing() -> str:
@@ -108,3 +110,23 @@ def mlp_art(tmp_path_factory: pytest.TempPathFactory, mlp_run: Path) -> Path:
     out = tmp_path_factory.mktemp("mlp_art")
     export_artifacts(mlp_run, out, max_batch=8)
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_art(
+    tmp_path_factory: pytest.TempPathFactory, conv_art: Path, digits16: ImageData
+) -> tuple[Path, dict[str, Any]]:
+    """The tiny conv run's fp32 graphs plus their int8 graphs, calibrated on its training images."""
+    from vaekit.export.precisions.int8 import quantize_int8
+    from vaekit.runtimes.artifacts import load_inputs
+
+    out = tmp_path_factory.mktemp("int8_art")
+    for name in ("encoder.onnx", "decoder.onnx", "parity_inputs.npz", "manifest.json"):
+        shutil.copy(conv_art / name, out / name)
+    _, z = load_inputs(out)
+    images = to_float(digits16.train, (0.0, 1.0))
+    reports = {
+        role: quantize_int8(out / f"{role}.onnx", out / f"{role}.int8.onnx", images, z)
+        for role in ("encoder", "decoder")
+    }
+    return out, reports

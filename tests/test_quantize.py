@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from vaekit.data import ImageData, to_float
+from vaekit.data import to_float
 from vaekit.errors import VaekitError
 from vaekit.export.precisions import int8
 from vaekit.export.precisions.int8 import quantize_int8
@@ -21,23 +21,6 @@ from vaekit.runtimes.artifacts import load_inputs
 from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.backends.onnxrt import OrtDecoder
 from vaekit.runtimes.proving.parity import fixed_latents, load_reference, run_parity, typical_rows
-
-
-@pytest.fixture(scope="module")
-def int8_art(
-    tmp_path_factory: pytest.TempPathFactory, conv_art: Path, digits16: ImageData
-) -> tuple[Path, dict[str, Any]]:
-    """The tiny conv run's fp32 graphs plus their int8 graphs, calibrated on its training images."""
-    out = tmp_path_factory.mktemp("int8_art")
-    for name in ("encoder.onnx", "decoder.onnx", "parity_inputs.npz", "manifest.json"):
-        shutil.copy(conv_art / name, out / name)
-    _, z = load_inputs(out)
-    images = to_float(digits16.train, (0.0, 1.0))
-    reports = {
-        role: quantize_int8(out / f"{role}.onnx", out / f"{role}.int8.onnx", images, z)
-        for role in ("encoder", "decoder")
-    }
-    return out, reports
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -72,9 +55,11 @@ def test_int8_graph_is_explicit_qdq_with_per_channel_weights(int8_art: tuple[Pat
     meta = {p.key: p.value for p in model.metadata_props}
     fp32_meta = {p.key: p.value for p in onnx.load(str(art / f"{role}.onnx")).metadata_props}
     assert meta["precision"] == "int8"
-    assert {k: v for k, v in meta.items() if k != "precision"} == {
-        k: v for k, v in fp32_meta.items() if k != "precision"
-    }
+    assert meta["int8_scheme"] == reports[role]["scheme"] and meta["int8_target"] == "any"
+    own = ("precision", "int8_scheme", "int8_target")
+    assert {k: v for k, v in meta.items() if k not in own} == {k: v for k, v in fp32_meta.items() if k not in own}
+    if reports[role]["scheme"] == int8.SCHEME_7BIT:  # what makes it hold without VNNI: no pair sum can saturate
+        assert all(np.abs(inits[producers[n.input[1]].input[0]].astype(int)).max() <= 64 for n in weighted)
 
 
 def test_int8_parity_within_the_int8_tolerances(int8_art: tuple[Path, dict[str, Any]], conv_run: Path) -> None:
@@ -82,13 +67,14 @@ def test_int8_parity_within_the_int8_tolerances(int8_art: tuple[Path, dict[str, 
     images_u8, z = load_inputs(art)
     images = to_float(images_u8, (0.0, 1.0))
     report = run_parity(art, load_reference(art, conv_run, images, z), images, z, devices=("cpu",))
-    int8 = [c for c in report.cases if c.runtime.endswith("int8")]
-    assert {c.output for c in int8} == {"mu", "log_var", "image", "image_stress"}
-    assert all(c.passed for c in int8), [(c.output, c.broken) for c in int8]
-    image = next(c for c in int8 if c.output == "image")
+    cases = [c for c in report.cases if c.runtime.endswith("int8")]
+    assert {c.output for c in cases} == {"mu", "log_var", "image", "image_stress"}
+    assert all(c.passed for c in cases), [(c.output, c.broken) for c in cases]
+    image = next(c for c in cases if c.output == "image")
     assert 30.0 <= image.metrics["psnr"] < 200.0  # lossy, but within the int8 tolerance
-    for role, r in reports.items():
-        assert r["within_tolerance"] and r["fp32_layers"] == [] and r["quantized_layers"] > 0, role
+    for role, r in reports.items():  # which layers stay float is the search's measured choice, on any CPU
+        assert r["within_tolerance"] and r["quantized_layers"] > 0, role
+        assert len(r["fp32_layers"]) <= int8.MAX_FP32_LAYERS, role
     assert reports["decoder"]["calibration_count"] > reports["encoder"]["calibration_count"]  # mu + prior latents
     assert "mu" in reports["decoder"]["calibration"]
 

@@ -37,9 +37,13 @@ from vaekit.runtimes.artifacts import onnx_name
 from vaekit.runtimes.backends.cpu_rewrites import rewrite_for_cpu
 from vaekit.runtimes.backends.onnxrt import OrtEncoder, cpu_session, graph_metadata, read_graph
 from vaekit.runtimes.base import in_batches
+from vaekit.runtimes.cpu import INT8_CLASSES, TARGET_CLASSES, int8_class, isa_flags
+from vaekit.runtimes.proving.int8_kernels import saturation_free, simulate
 from vaekit.runtimes.proving.layerwise.budget import costliest, node_budget
 from vaekit.runtimes.proving.parity import TOLERANCES, Tolerance, judge, judged_as, metrics, typical_rows
 
+SCHEME_8BIT = "int8 weights"  # full range: the most accurate, but pair sums saturate without VNNI
+SCHEME_7BIT = "7-bit weights"  # |w| <= 64: no pair sum leaves int16 on any CPU, one bit of weight precision less
 PERCENTILE = 99.999
 CALIBRATION_BATCH = 32
 MAX_FP32_LAYERS = 3  # how many layers may fall back to float before we report failure
@@ -139,7 +143,7 @@ def _rank(attempt: dict[str, Any]) -> tuple[int, float, int]:
     return len(attempt["broken"]), -round(quality, 1), len(attempt["fp32_layers"])
 
 
-def _quantize(prepared: Path, out: Path, reader: _Feeds | None, exclude: list[str], cache: Path) -> None:
+def _quantize(prepared: Path, out: Path, reader: _Feeds | None, exclude: list[str], cache: Path, scheme: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     kwargs: dict[str, Any] = {}
@@ -152,6 +156,7 @@ def _quantize(prepared: Path, out: Path, reader: _Feeds | None, exclude: list[st
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=scheme == SCHEME_7BIT,  # weights in [-64, 64]
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
@@ -166,79 +171,152 @@ def _quantize(prepared: Path, out: Path, reader: _Feeds | None, exclude: list[st
         )
 
 
-def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray) -> dict[str, Any]:
-    """Write dst (e.g. decoder.int8.onnx) from the fp32 graph src; returns what was done and what it cost.
+def schemes_for(target: str) -> tuple[str, ...]:
+    """The weight schemes to try, in order, for the CPUs an int8 graph must run on."""
+    if target not in TARGET_CLASSES:
+        raise VaekitError(f"unknown --int8-target {target!r}: use {', '.join(TARGET_CLASSES)}")
+    return (SCHEME_7BIT, SCHEME_8BIT) if target == "any" else (SCHEME_8BIT,)
 
-    calibration: real images, float32 in the model's value range; z: prior latents (|z| up to 4).
-    """
-    t0 = time.perf_counter()
-    model, meta, role = _source(src, calibration)
-    sets, check, groups, typical, described = calibration_sets(src, role, calibration, z)
-    feed = model.graph.input[0].name
-    outputs = [o.name for o in model.graph.output]
-    batch = max(1, min(CALIBRATION_BATCH, int(meta.get("max_batch", CALIBRATION_BATCH))))
-    reference = _run(str(src), feed, check, outputs, batch)
-    lo, hi = json.loads(meta["value_range"])
-    tolerances = TOLERANCES[("int8", "cpu")]
 
-    def score(got: list[np.ndarray], rows: np.ndarray) -> dict[str, dict[str, float]]:
+class _Search:
+    """Quantize one graph, judge each try on the inputs parity judges, keep the first that meets the target."""
+
+    def __init__(self, src: Path, calibration: np.ndarray, z: np.ndarray, tmp: Path) -> None:
+        self.src = src
+        self.model, self.meta, role = _source(src, calibration)
+        self.sets, self.check, self.groups, self.typical, self.described = calibration_sets(src, role, calibration, z)
+        self.feed = self.model.graph.input[0].name
+        self.outputs = [o.name for o in self.model.graph.output]
+        self.batch = max(1, min(CALIBRATION_BATCH, int(self.meta.get("max_batch", CALIBRATION_BATCH))))
+        self.reference = _run(str(src), self.feed, self.check, self.outputs, self.batch)
+        lo, hi = json.loads(self.meta["value_range"])
+        self.value_range = (float(lo), float(hi))
+        self.tolerances = TOLERANCES[("int8", "cpu")]
+        self.rewrites = rewrite_for_cpu(self.model, every_upsample=True)
+        self.tmp, self.prepared = tmp, tmp / "prepared.onnx"
+        onnx.save(self.model, str(self.prepared))
+        self.attempts: list[dict[str, Any]] = []
+
+    def scores(self, got: list[np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+        """Metrics per input group and output."""
         return {
-            name: metrics(ref[rows], g[rows], (float(lo), float(hi)) if name == "image" else None)
-            for name, ref, g in zip(outputs, reference, got, strict=True)
+            group: {
+                name: metrics(ref[rows], g[rows], self.value_range if name == "image" else None)
+                for name, ref, g in zip(self.outputs, self.reference, got, strict=True)
+            }
+            for group, rows in self.groups.items()
         }
 
-    rewrites = rewrite_for_cpu(model, every_upsample=True)
-    candidates = _weighted_order(model)
-    attempts: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="vaekit-int8-") as tmp:
-        prepared, out = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, str(prepared))
+    def broken(self, found: dict[str, dict[str, dict[str, float]]], margin: bool = True) -> list[str]:
+        """Every limit the scores break: with the search's margin while searching, without it to accept."""
+        limit = _margined if margin else (lambda tol: tol)
+        return [
+            f"{group}: {b}"
+            for group, by_output in found.items()
+            for name, m in by_output.items()
+            for b in judge(m, limit(self.tolerances[judged_as(name, group == STRESS)]))
+        ]
 
-        def attempt(variant: str, exclude: list[str]) -> dict[str, Any]:
-            cache = Path(tmp) / f"ranges-{variant}.json"
-            reader = None if cache.is_file() else _Feeds(feed, sets[variant], batch)
-            try:
-                _quantize(prepared, out, reader, exclude, cache)
-            except Exception as exc:  # the quantizer raises many types; all mean this graph could not be quantized
-                raise VaekitError(f"int8 quantization of {src.name} failed: {str(exc).splitlines()[0]}") from None
-            got = _run(str(out), feed, check, outputs, batch)
-            scores = {group: score(got, rows) for group, rows in groups.items()}
-            broken = [
-                f"{group}: {b}"
-                for group, found in scores.items()
-                for name, m in found.items()
-                for b in judge(m, _margined(tolerances[judged_as(name, group == STRESS)]))
-            ]
-            result = {"calibration": variant, "fp32_layers": exclude, "metrics": scores, "broken": broken}
-            attempts.append({**result, "typical": score(got, typical), "model": out.read_bytes()})
-            return attempts[-1]
+    def attempt(self, scheme: str, variant: str, exclude: list[str]) -> dict[str, Any]:
+        cache, out = self.tmp / f"ranges-{variant}.json", self.tmp / "int8.onnx"
+        reader = None if cache.is_file() else _Feeds(self.feed, self.sets[variant], self.batch)
+        try:
+            _quantize(self.prepared, out, reader, exclude, cache, scheme)
+        except Exception as exc:  # the quantizer raises many types; all mean this graph could not be quantized
+            raise VaekitError(f"int8 quantization of {self.src.name} failed: {str(exc).splitlines()[0]}") from None
+        got = _run(str(out), self.feed, self.check, self.outputs, self.batch)
+        found = self.scores(got)
+        broken = self.broken(found)
+        typical = {
+            name: metrics(ref[self.typical], g[self.typical], self.value_range if name == "image" else None)
+            for name, ref, g in zip(self.outputs, self.reference, got, strict=True)
+        }
+        result = {"scheme": scheme, "calibration": variant, "fp32_layers": exclude, "metrics": found}
+        self.attempts.append({**result, "broken": broken, "typical": typical, "model": out.read_bytes()})
+        return self.attempts[-1]
 
-        for variant in sets:
-            if not attempt(variant, [])["broken"]:
-                break
-        else:  # no calibration met the target with every layer int8: keep in float the layers that cost most
-            best = min(attempts, key=_rank)
-            start = best["calibration"]
-            budget = node_budget(model, onnx.load_from_string(best["model"]), check[typical], "int8")
-            candidates = costliest(budget, WEIGHTED_OPS, MAX_FP32_LAYERS) or candidates  # measured, not positional
-            for n_float in range(1, min(MAX_FP32_LAYERS, len(candidates)) + 1):
-                if not attempt(start, candidates[:n_float])["broken"]:
-                    break
+    def search(self, scheme: str) -> dict[str, Any]:
+        """Every calibration with all layers int8, then the costliest layers kept float one by one."""
+        tried = [self.attempt(scheme, variant, []) for variant in self.sets]
+        ok = next((a for a in tried if not a["broken"]), None)
+        if ok is not None:
+            return ok
+        best = min(tried, key=_rank)
+        budget = node_budget(self.model, onnx.load_from_string(best["model"]), self.check[self.typical], "int8")
+        candidates = costliest(budget, WEIGHTED_OPS, MAX_FP32_LAYERS) or _weighted_order(self.model)
+        for n_float in range(1, min(MAX_FP32_LAYERS, len(candidates)) + 1):
+            found = self.attempt(scheme, best["calibration"], candidates[:n_float])
+            if not found["broken"]:
+                return found
         # Float layers are kept only where they meet the target; otherwise the best all-int8 graph stays.
-        final = next((a for a in attempts if not a["broken"]), None)
-        final = final or min((a for a in attempts if not a["fp32_layers"]), key=_rank)
+        return best
+
+    def within(self, attempt: dict[str, Any]) -> bool:
+        """Whether an attempt meets the int8 tolerance itself (the search aims higher, by a margin)."""
+        return not self.broken(attempt["metrics"], margin=False)
+
+    def without_vnni(self, attempt: dict[str, Any]) -> dict[str, Any]:
+        """The attempt as a CPU without VNNI computes it: exact when its weights cannot saturate, else simulated."""
+        proto = onnx.load_from_string(attempt["model"])
+        if saturation_free(proto):
+            return {"how": "saturation-free weights (|w| <= 64)", "broken": [], "saturated": 0}
+        got, saturation = simulate(proto, self.check)
+        found = self.scores(got)
+        return {
+            "how": "simulated u8 x s8 kernel",
+            "broken": self.broken(found, margin=False),
+            "saturated": saturation.total,
+            "metrics": found,
+        }
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, z: np.ndarray, target: str = "any") -> dict[str, Any]:
+    """Write dst (e.g. decoder.int8.onnx) from the fp32 graph src; returns what was done and what it cost.
+
+    calibration: real images, float32 in the model's value range; z: prior latents (|z| up to 4). target:
+    "any" (every x86 class and ARM64: 7-bit weights first, 8-bit only where a CPU without VNNI still meets
+    the tolerance) or "vnni" (VNNI/AMX x86 and ARM64 only: 8-bit weights).
+    """
+    t0 = time.perf_counter()
+    schemes = schemes_for(target)
+    with tempfile.TemporaryDirectory(prefix="vaekit-int8-") as tmp:
+        search = _Search(src, calibration, z, Path(tmp))
+        chosen, without_vnni = None, None
+        for scheme in schemes:
+            found = search.search(scheme)
+            if not search.within(found):
+                continue
+            without_vnni = search.without_vnni(found) if target == "any" else None
+            if without_vnni is None or not without_vnni["broken"]:
+                chosen = found
+                break
+        final = chosen or min((a for a in search.attempts if not a["fp32_layers"]), key=_rank)
         proto = onnx.load_from_string(final["model"])
-    set_metadata(proto, {**meta, "precision": "int8"})
+    set_metadata(proto, {**search.meta, "precision": "int8", "int8_scheme": final["scheme"], "int8_target": target})
     finalize(proto, dst)
-    summary = _summary(proto, final, attempts, tolerances)
+    summary = _summary(proto, final, search.attempts, search.tolerances, holds=chosen is not None)
     return {
         "file": dst.name,
-        "calibration": f"{final['calibration']} of {described}",
-        "calibration_count": len(sets[final["calibration"]]),
-        "rewrites": rewrites,
+        "calibration": f"{final['calibration']} of {search.described}",
+        "calibration_count": len(search.sets[final["calibration"]]),
+        "rewrites": search.rewrites,
         **summary,
+        "cpu_classes": cpu_classes(target, final, without_vnni),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def cpu_classes(target: str, final: dict[str, Any], without_vnni: dict[str, Any] | None) -> dict[str, Any]:
+    """Which CPU classes the graph holds on and how that is known: measured here, by construction, simulated."""
+    here = int8_class()
+    classes = {c: "not a target" for c in INT8_CLASSES}
+    for c in TARGET_CLASSES[target]:
+        classes[c] = "exact int32 accumulation, same arithmetic as measured here" if c != "avx2" else "not checked"
+    if without_vnni is not None:
+        classes["avx2"] = without_vnni["how"] + (", within tolerance" if not without_vnni["broken"] else ", OUTSIDE")
+    if here in classes:
+        classes[here] = f"measured here ({isa_flags()})"
+    return {"target": target, "measured_on": here, "isa_flags": isa_flags(), "classes": classes}
 
 
 def _source(src: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, dict[str, str], str]:
@@ -256,22 +334,34 @@ def _source(src: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, dict[s
 
 
 def _summary(
-    proto: onnx.ModelProto, final: dict[str, Any], attempts: list[dict[str, Any]], tolerances: dict[str, Tolerance]
+    proto: onnx.ModelProto,
+    final: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    tolerances: dict[str, Tolerance],
+    holds: bool,
 ) -> dict[str, Any]:
-    """What the chosen graph costs, judged against the tolerance without the search's margin."""
-    within = not any(
+    """What the chosen graph costs, judged against the tolerance without the search's margin; holds: whether
+    it met the target on every CPU class it must run on."""
+    within = holds and not any(
         judge(m, tolerances[judged_as(name, group == STRESS)])
         for group, found in final["metrics"].items()
         for name, m in found.items()
     )
+    weights = (
+        "per-channel symmetric 7-bit weights"
+        if final["scheme"] == SCHEME_7BIT
+        else "per-channel symmetric int8 weights"
+    )
     return {
-        "method": f"QDQ, symmetric int8 activations (percentile {PERCENTILE}), per-channel symmetric int8 weights",
+        "method": f"QDQ, symmetric int8 activations (percentile {PERCENTILE}), per-channel symmetric {weights} weights",
+        "scheme": final["scheme"],
         "fp32_layers": final["fp32_layers"],
         "quantized_layers": sum(1 for n in proto.graph.node if n.op_type in WEIGHTED_OPS) - len(final["fp32_layers"]),
         "accuracy_vs_fp32": final["metrics"],
         "accuracy_typical_inputs": final["typical"],
         "within_tolerance": within,
         "attempts": [
-            {**{k: a[k] for k in ("calibration", "fp32_layers", "broken")}, "worst": -_rank(a)[1]} for a in attempts
+            {**{k: a[k] for k in ("scheme", "calibration", "fp32_layers", "broken")}, "worst": -_rank(a)[1]}
+            for a in attempts
         ],
     }
