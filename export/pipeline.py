@@ -194,6 +194,14 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
     return result
 
 
+# What to try when a precision graph fails, by precision.
+TRY = {
+    "int8": "try --int8-target vnni where every device has VNNI/AMX or is ARM64, or more --calibration-images",
+    "fp16": "use the bf16 or fp32 graph; fp16's range is what broke",
+    "bf16": "use the fp16 or fp32 graph",
+}
+
+
 def drop_failed_precisions(report: ParityReport, details: dict[str, Any]) -> tuple[ParityReport, dict[str, str]]:
     """Split off the optional precision graphs that failed, so the verified fp32 export is not lost with them.
 
@@ -208,10 +216,11 @@ def drop_failed_precisions(report: ParityReport, details: dict[str, Any]) -> tup
             where = f" on {', '.join(outside)} CPUs" if outside else ""
             attempt = min(summary["attempts"], key=lambda a: len(a["broken"]))
             first = attempt["broken"][0] if attempt["broken"] else "see the int8 attempts in manifest.json"
-            why[summary["file"]] = f"no int8 scheme met the int8 tolerance{where} ({first})"
+            why[summary["file"]] = f"no int8 scheme met the int8 tolerance{where} ({first}); {TRY['int8']}"
     for case in report.cases:
         if case.broken and _precision_artifact(case):
-            why.setdefault(case.path, f"{case.runtime} {case.output}: {case.broken[0]}")
+            hint = TRY[case.runtime.rsplit("-", 1)[-1]]
+            why.setdefault(case.path, f"{case.runtime} {case.output}: {case.broken[0]}; {hint}")
     if not why:
         return report, {}
     kept = [c for c in report.cases if c.path not in why]

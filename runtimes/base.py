@@ -50,6 +50,8 @@ class ArtifactInfo:
 # Metadata `vaekit info` shows beside the shapes: provenance, and what a precision graph kept or rewrote.
 DESCRIBED = (
     "vaekit_version",
+    "int8_scheme",
+    "int8_target",
     "export_time",
     "opset",
     "tensorrt_version",

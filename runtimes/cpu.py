@@ -69,3 +69,15 @@ def int8_class(flags: set[str] | None = None) -> str:
     if "asimd" in flags or platform.machine().lower() in ("aarch64", "arm64"):
         return "arm64"
     return "other"
+
+
+def int8_class_note(graph: str, target: str | None, here: str | None = None) -> str:
+    """What a failed int8 graph says about this CPU: outside the classes it was made for, or inside them."""
+    here = here or int8_class()
+    what = f"this CPU is {here}: {INT8_CLASSES[here]}"
+    if target not in TARGET_CLASSES:
+        return f"{graph} predates CPU-class checks and {what}; re-export it with --int8-target any"
+    if here not in TARGET_CLASSES[target]:
+        made = ", ".join(TARGET_CLASSES[target])
+        return f"{graph} was made for {made} CPUs (--int8-target {target}) and {what}; re-export with --int8-target any"
+    return f"{graph} was proved for this CPU's class ({here}), so the CPU class does not explain this failure"

@@ -4,6 +4,7 @@ CPU, against ONNX Runtime's own AVX2 kernels, so a VNNI machine checks what an A
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -166,7 +167,10 @@ def on_avx2(model: Path, x: np.ndarray, tmp: Path) -> list[np.ndarray]:
     return [found[k] for k in found.files]
 
 
-needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-user is not installed (Debian: apt-get install qemu-user)")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None or platform.machine() != "x86_64",
+    reason="needs an x86-64 machine with qemu-user (Debian: apt-get install qemu-user)",
+)
 
 
 @needs_qemu
@@ -197,3 +201,27 @@ def test_the_shipped_int8_graphs_meet_parity_on_avx2_kernels(
         vr = (0.0, 1.0) if name == "image" else None
         assert not judge(metrics(a, b, vr), TOLERANCES[("int8", "cpu")][name]), (role, name)
         assert metrics(b, m, vr)["min_cosine"] > 0.9999  # the kernel model is what AVX2 computes
+
+
+def test_a_failing_int8_graph_says_what_this_cpu_class_means_for_it(
+    int8_art: tuple[Path, dict[str, Any]], conv_art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaekit.runtimes import cpu
+    from vaekit.runtimes.proving.parity import Tolerance, load_reference, run_parity
+
+    art, _ = int8_art
+    for item in [*art.iterdir(), conv_art / "golden_outputs.npz"]:
+        shutil.copy(item, tmp_path / item.name)
+    model = onnx.load(str(tmp_path / "decoder.int8.onnx"))
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "int8_target": "vnni"})
+    onnx.save(model, str(tmp_path / "decoder.int8.onnx"))
+    monkeypatch.setattr(cpu, "int8_class", lambda flags=None: "avx2")  # as an AVX2 box would report itself
+    monkeypatch.setitem(TOLERANCES[("int8", "cpu")], "image", Tolerance(min_psnr=300.0))  # and fail there
+    images_u8, z = load_inputs(tmp_path)
+    images = to_float(images_u8, (0.0, 1.0))
+    report = run_parity(tmp_path, load_reference(tmp_path, None, images, z), images, z, devices=("cpu",))
+    line = report.failure()
+    assert "decoder.int8.onnx was made for vnni, arm64 CPUs (--int8-target vnni)" in line
+    assert "this CPU is avx2" in line and "re-export with --int8-target any" in line
+    assert cpu.int8_class_note("x.onnx", "any", here="avx2").endswith("does not explain this failure")
+    assert "predates CPU-class checks" in cpu.int8_class_note("x.onnx", None, here="vnni")

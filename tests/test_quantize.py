@@ -3,6 +3,7 @@ and the exact CPU rewrites they are built on."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,27 @@ def test_cpu_rewrites_are_exact(conv_art: Path, every_upsample: bool) -> None:
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
     np.testing.assert_allclose(got, reference, atol=1e-5)
     assert OrtDecoder(src).rewrites == rewrite_for_cpu(onnx.load(str(src)))  # the runtime applies the same passes
+
+
+def test_a_failed_int8_graph_is_set_aside_and_the_verified_export_published(
+    tmp_path: Path, conv_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from vaekit.cli.app import PARTIAL
+    from vaekit.cli.main import app
+    from vaekit.runtimes.proving.parity import TOLERANCES, Tolerance
+
+    monkeypatch.setitem(TOLERANCES[("int8", "cpu")], "image", Tolerance(min_psnr=300.0))  # no int8 image meets it
+    out = tmp_path / "art"
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(conv_run), "--out", str(out), "--int8"])
+    assert result.exit_code == PARTIAL, result.output
+    assert "not published: decoder.int8.onnx" in result.output and "--int8-target vnni" in result.output
+    assert "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["dropped"]) == {"decoder.int8.onnx"} and manifest["parity"]["passed"]
+    assert "decoder.int8.onnx" not in manifest["files"] and "encoder.int8.onnx" in manifest["files"]
+    assert not (out / "decoder.int8.onnx").exists() and (tmp_path / "art-rejected" / "decoder.int8.onnx").is_file()
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and {c["path"] for c in parity["cases"]} >= {"decoder.onnx", "encoder.int8.onnx"}
+    assert load_decoder(out / "decoder.onnx").decode(fixed_latents(2, 4)).shape == (2, 1, 16, 16)

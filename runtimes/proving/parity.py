@@ -19,6 +19,7 @@ from vaekit.data import load_data, to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.artifacts import Role, artifact_dir_of, artifact_files, load_inputs
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder, in_batches
+from vaekit.runtimes.cpu import int8_class_note
 from vaekit.runtimes.proving.golden import golden_reference
 from vaekit.runtimes.registry import BACKENDS, Backend, backends_for, describe, load_decoder, load_encoder
 
@@ -145,6 +146,7 @@ class ParityReport:
     cases: list[Case] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runtimes that could not run here, with the reason
     errors: list[str] = field(default_factory=list)  # artifacts that failed to load or run
+    notes: list[str] = field(default_factory=list)  # what a failure says about this machine (int8 CPU class)
     previews: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # runtime -> (ref, got)
 
     @property
@@ -157,7 +159,7 @@ class ParityReport:
             return "nothing to compare: only the reference runs here (pass --checkpoint, or export fp16/int8 graphs)"
         problems = self.errors + [f"{c.runtime} {c.output}: {c.broken[0]}" for c in self.cases if c.broken]
         more = f" (+{len(problems) - 1} more in the table above)" if len(problems) > 1 else ""
-        return f"parity failed: {problems[0]}{more}"
+        return "; ".join([f"parity failed: {problems[0]}{more}", *self.notes])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -167,6 +169,7 @@ class ParityReport:
             "cases": [{**asdict(c), "passed": c.passed} for c in self.cases],
             "skipped": self.skipped,
             "errors": self.errors,
+            "notes": self.notes,
         }
 
 
@@ -327,9 +330,15 @@ def run_parity(
             continue  # that is the reference itself
         options = {"precision": c.precision} if c.precision else {}
         try:
-            _compare(reference, BACKENDS[c.backend].load(c.path, c.role, c.device, **options), images, z, report)
+            candidate = BACKENDS[c.backend].load(c.path, c.role, c.device, **options)
+            _compare(reference, candidate, images, z, report)
         except VaekitError as exc:
             report.errors.append(f"{c.path.name} on {c.runtime}: {exc}")
+            continue
+        info = candidate.info
+        if info.precision == "int8" and any(k.broken for k in report.cases if k.path == c.path.name):
+            note = int8_class_note(c.path.name, info.extra.get("int8_target"))
+            report.notes += [note] if note not in report.notes else []
     report.skipped = [f"{runtime}: {why}" for runtime, why in missing.items()]
     return report
 

@@ -56,6 +56,7 @@ MEASURE_PANEL = "Measure"
 
 
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+PARTIAL = 3  # the verified graphs were published, a precision asked for was not: the request was not met
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

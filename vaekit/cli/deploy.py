@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from vaekit.cli.app import DEPLOY_PANEL, command, note, out_console, wrote
+from vaekit.cli.app import DEPLOY_PANEL, PARTIAL, command, err_console, fail, note, out_console, wrote
 from vaekit.cli.tables import key_value_table, parity_table
 from vaekit.config import (
     DEFAULT_ARTIFACTS,
@@ -23,6 +23,7 @@ from vaekit.config import (
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder, Encoder
+from vaekit.runtimes.cpu import TARGET_CLASSES
 from vaekit.runtimes.proving.parity import ParityReport
 
 if TYPE_CHECKING:
@@ -85,6 +86,13 @@ def export(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write QDQ int8 graphs (ONNX Runtime static quantization).")
     ] = False,
+    int8_target: Annotated[
+        str,
+        typer.Option(
+            help="CPUs the int8 graphs must hold on: any (every x86 class and ARM64; 7-bit weights where 8-bit "
+            "would saturate without VNNI) or vnni (VNNI/AMX x86 and ARM64 only: 8-bit weights)."
+        ),
+    ] = "any",
     calibration_images: Annotated[
         int, typer.Option(help="Real images used to calibrate int8.")
     ] = DEFAULT_CALIBRATION_IMAGES,
@@ -111,7 +119,7 @@ def export(
         from vaekit.export.web.bundle import check_runtime_dir
 
         check_runtime_dir(out, web_runtime_dir)  # before the export replaces out/web
-    options = ExportOptions(max_batch, precision, int8, calibration_images, trt, data, overwrite)
+    options = ExportOptions(max_batch, precision, int8, int8_target, calibration_images, trt, data, overwrite)
     result = export_artifacts(
         checkpoint,
         out,
@@ -131,6 +139,13 @@ def export(
         from vaekit.export.web.bundle import build_bundle
 
         wrote(build_bundle(out, web_runtime_dir), f" (vaekit view {out} serves it)")
+    if result.dropped:  # the verified graphs are published; the precision asked for is not: say so, and exit so
+        for name, why in result.dropped.items():
+            err_console.print(f"[bold red]not published:[/] {escape(name)}: {escape(why)}", highlight=False)
+        rejected = out.with_name(out.name + "-rejected")
+        raise fail(
+            f"not every precision asked for passed: the rest is in {out}/, the failed graphs in {rejected}/", PARTIAL
+        )
 
 
 def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
@@ -153,8 +168,11 @@ def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
         )
     for r in details.get("int8", {}).values():
         kept = ", ".join(r["fp32_layers"]) or "none"
+        classes = r.get("cpu_classes", {})
+        holds = TARGET_CLASSES.get(classes.get("target", ""), ())
         lines.append(
-            f"{r['file']}: {r['quantized_layers']} layers int8, kept float: {kept}; calibration: {r['calibration']}"
+            f"{r['file']}: {r['quantized_layers']} layers int8 ({r['scheme']}), kept float: {kept}; "
+            f"calibration: {r['calibration']}; for {', '.join(holds)} CPUs (measured on {classes.get('measured_on')})"
         )
     return lines
 
