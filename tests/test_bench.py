@@ -129,3 +129,25 @@ def test_bench_bad_input_is_one_line(conv_art: Path, args: list[str], message: s
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_on_a_cpu_without_bf16_units_the_bf16_routes_are_notes_that_say_so(
+    conv_art: Path, conv_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AVX2-class CPU (Zen 3, Haswell to Comet Lake) has no bf16 units: bench says so row by row."""
+    from vaekit.runtimes import cpu
+    from vaekit.runtimes.backends import openvino
+    from vaekit.runtimes.measuring.bench import plan_jobs
+
+    avx2 = {"avx2", "fma", "avx", "sse4_2"}
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: avx2)
+    monkeypatch.setattr(
+        openvino, "precision_status", lambda device, precision: f"the CPU device has no {precision} units"
+    )
+    bf16_routes = ["pytorch-bf16", "openvino-bf16", "openvino-cpu-graph-bf16"]
+    settings = BenchSettings(batch_sizes=[1], runtimes=[*bf16_routes, "onnxruntime"], checkpoint=str(conv_run))
+    jobs, notes = plan_jobs(conv_art, settings)
+    said = {r.runtime: r.note for r in notes}
+    assert set(said) == set(bf16_routes) and all("no bf16 units" in n for n in said.values()), said
+    assert jobs and {j.runtime for j in jobs} == {"onnxruntime"}
+    assert cpu.int8_class() == "avx2"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import __version__
-from vaekit.runtimes.cpu import cpu_flags, cpu_model, cpuinfo, isa_flags
+from vaekit.runtimes.cpu import cpu_flags, cpu_model, cpuinfo, int8_class, isa_flags
 
 NOT_INSTALLED = "not installed"
 # Packages whose versions decide what an artifact computes (recorded in manifests and bench reports).
@@ -62,7 +62,6 @@ def cpu_peak(cores: int) -> dict[str, Any]:
         clock_ghz, clock_source = int(max_freq.read_text()) / 1e6, "cpufreq max"
     elif info.get("cpu MHz"):
         clock_ghz, clock_source = float(info["cpu MHz"]) / 1e3, "/proc/cpuinfo MHz (base or current, not boost)"
-    int8 = "avx512_vnni" in flags or "avx_vnni" in flags
     per_cycle_by_precision = _low_precision_per_cycle(flags, per_cycle)
     return {
         "model": cpu_model(),
@@ -71,7 +70,7 @@ def cpu_peak(cores: int) -> dict[str, Any]:
         "clock_source": clock_source,
         "isa": isa,
         "isa_flags": isa_flags(),
-        "int8_dot_product": "VNNI" if int8 else "none (int8 runs on multiply-add pairs)",
+        "int8_dot_product": "VNNI" if int8_class(flags) == "vnni" else "none (int8 runs on multiply-add pairs)",
         "flop_per_cycle": per_cycle,
         "peak_gflops": round(cores * clock_ghz * per_cycle, 1),
         # per precision: (G)FLOP/s or int8 (G)OP/s, from the widest units this CPU reports
@@ -124,7 +123,7 @@ def machine_report() -> dict[str, Any]:
     """`vaekit doctor`: versions, CPU, GPUs and, per backend and device, 'ok' or why not."""
     from vaekit.runtimes.registry import runtime_status
 
-    cpu = {"model": cpu_model(), "cores": os.cpu_count() or 1, "isa": isa_flags()}
+    cpu = {"model": cpu_model(), "cores": os.cpu_count() or 1, "isa": isa_flags(), "int8_class": int8_class()}
     versions = {name: _version(name) for name in VERSIONED}
     runtimes = {
         backend: {device: reason or "ok" for device, reason in devices.items()}
