@@ -117,6 +117,10 @@ ROWS: dict[str, Row] = {
     ),
     "train-resume-nan-trainer": Row("train --resume --out {bad}/run_nan_weights", r"holds NaN or Inf in"),
     "train-resume-wrong-shape": Row("train --resume --out {bad}/run_wrong_shape", r"does not match its config.json"),
+    "train-resume-huge-hidden": Row(
+        "train --resume --out {bad}/run_huge_hidden", r"this model has [\d,]+ parameters .* GiB is available", sub=True
+    ),
+    "train-huge-latent": Row("train --latent-dim 1000000000 --out {out}/r", r"parameters .* GiB is available"),
     "train-resume-and-overwrite": Row("train --resume --overwrite --out {run}", r"contradict"),
     "train-existing-run": Row("train {mnist_args} --out {run}", r"already holds a run"),
     "train-out-is-file": Row("train --out {bad}/random.onnx", r"random.onnx"),
@@ -136,6 +140,7 @@ ROWS: dict[str, Row] = {
     "eval-truncated-weights": Row("eval --checkpoint {bad}/run_trunc_model", r"corrupt or truncated"),
     "eval-nan-weights": Row("eval --checkpoint {bad}/run_nan_weights", r"holds NaN or Inf in"),
     "eval-wrong-shape": Row("eval --checkpoint {bad}/run_wrong_shape", r"fc_mu.weight has shape"),
+    "eval-huge-latent": Row("eval --checkpoint {bad}/run_huge_latent", r"does not match its config.json", sub=True),
     "eval-empty-config": Row("eval --checkpoint {bad}/run_empty_config", r"config is not valid JSON"),
     "eval-typed-config": Row(
         "eval --checkpoint {bad}/run_string_latent",
@@ -179,6 +184,9 @@ ROWS: dict[str, Row] = {
     ),
     "export-wrong-shape": Row(
         "export --checkpoint {bad}/run_wrong_shape --out {out}/existing --overwrite", r"does not match"
+    ),
+    "export-huge-latent": Row(
+        "export --checkpoint {bad}/run_huge_latent --out {out}/existing --overwrite", r"does not match", sub=True
     ),
     "export-onnx-as-checkpoint": Row("export --checkpoint {bad}/random.onnx --out {out}/e", r"not a checkpoint"),
     "export-max-batch-zero": Row(
@@ -441,6 +449,8 @@ def make_bad_files(bad: Path, run: Path, art: Path) -> None:
             (target / file).write_bytes(data)
     for name, section, key, value in (
         ("run_wrong_shape", "model", "latent_dim", 5),
+        ("run_huge_latent", "model", "latent_dim", 10**9),  # would allocate ~2 TB before the shapes were compared
+        ("run_huge_hidden", "model", "hidden_dims", [8, 10**7]),
         ("run_string_latent", "model", "latent_dim", "4"),
         ("run_unknown_field", "model", "bogus", 1),
     ):

@@ -31,7 +31,7 @@ from vaekit.fsutil import (
     run_lock,
     sha256_file,
 )
-from vaekit.model import VAE, build_model
+from vaekit.model import VAE, build_model, parameter_shapes
 
 
 @dataclass
@@ -117,17 +117,32 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig.from_json(text)
 
 
-def _load_weights(model: VAE, weights: dict[str, torch.Tensor], source: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a safetensors file holds, from its header alone."""
+    if not path.is_file():
+        raise VaekitError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise VaekitError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+def _check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: Path) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
     if missing or unexpected or wrong:
         detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}")
         if wrong:
             k = wrong[0]
-            detail = f"{k} has shape {tuple(weights[k].shape)}, config expects {tuple(expected[k].shape)}"
+            detail = f"{k} has shape {found[k]}, config expects {expected[k]}"
         raise VaekitError(f"checkpoint {source} does not match its config.json: {detail}")
+
+
+def _load_weights(model: VAE, weights: dict[str, torch.Tensor], source: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_shapes(expected, {k: tuple(v.shape) for k, v in weights.items()}, source)
     # Training stops before a non-finite step is saved, so NaN/Inf here means a damaged or foreign file.
     broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
@@ -150,6 +165,7 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild the model from config.json and load its weights: the config read once, the weights hashed once."""
     cfg = load_config(path)
     _, weights_path = resolve_run(path)
+    _check_shapes(parameter_shapes(cfg.model), _stored_shapes(weights_path), weights_path)  # before allocating
     weights, _ = _read(weights_path)
     model = build_model(cfg.model)
     _load_weights(model, weights, weights_path)

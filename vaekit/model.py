@@ -179,6 +179,37 @@ def build_model(cfg: ModelConfig) -> VAE:
     return ConvVAE(cfg) if cfg.arch == "conv" else MLPVAE(cfg)
 
 
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model's state, by name and shape, built on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        skeleton = ConvVAE(cfg) if cfg.arch == "conv" else MLPVAE(cfg)
+    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+
+
+def available_memory() -> int | None:
+    """Bytes the OS can still give this process (MemAvailable), or None where it does not say."""
+    try:
+        for line in open("/proc/meminfo").read().splitlines():  # noqa: SIM115
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(cfg: ModelConfig, copies: int) -> None:
+    """Refuse, before any allocation, a config whose parameters alone cannot fit in memory: copies = float
+    tensors kept per parameter (4 to train with Adam: weights, gradients, two moments)."""
+    params = sum(math.prod(shape) for shape in parameter_shapes(cfg).values())
+    need, free = params * 4 * copies, available_memory()
+    if free is not None and need > free:
+        raise VaekitError(
+            f"this model has {params:,} parameters ({need / 2**30:.1f} GiB as float32 to "
+            f"{'train' if copies > 1 else 'load'}) but {free / 2**30:.1f} GiB is available: check latent_dim, "
+            "hidden_dims, image_size and in_channels in the config"
+        )
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -50,7 +50,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
 from vaekit.fsutil import atomic_write_text, check_output_dir, interrupts_deferred
 from vaekit.images import loss_picture, reconstruction_picture, sample_picture, save_image
-from vaekit.model import VAE, build_model, pick_device
+from vaekit.model import VAE, build_model, check_fits, pick_device
 
 # called after each batch with (epoch, batch index, batches per epoch, running means)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
@@ -287,6 +287,7 @@ class _Run:
         """Build the model and optimizer (the same initial weights on every rank), then load a saved state."""
         tc = cfg.train
         torch.manual_seed(tc.seed)
+        check_fits(cfg.model, copies=4)  # weights, gradients, Adam's two moments
         model = build_model(cfg.model).to(device)
         if ddp.world > 1 and device.type == "cuda":
             model = cast(VAE, nn.SyncBatchNorm.convert_sync_batchnorm(model))
