@@ -235,14 +235,14 @@ def run_seed() -> dict[str, bytes]:
     """config.json, model.safetensors and trainer.safetensors of an untrained tiny conv model."""
     import torch
 
-    from vaekit.checkpoint import save_checkpoint
+    from vaekit.checkpoint import save_checkpoint, snapshot
     from vaekit.model import build_model
 
     model = build_model(tiny_config().model)
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), model, optimizer, scheduler, 1, 1, [{"epoch": 1}])
+        save_checkpoint(Path(tmp), snapshot(model, optimizer, scheduler, 1, 1, [{"epoch": 1}]))
         files = {name: (Path(tmp) / name).read_bytes() for name in ("model.safetensors", "trainer.safetensors")}
     return {"config.json": (tiny_config().to_json() + "\n").encode(), **files}
 

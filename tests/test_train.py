@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import tiny_config
-from vaekit.checkpoint import RunPosition, load_model, save_config
+from vaekit.checkpoint import RunPosition, load_model, load_trainer, save_config
 from vaekit.data import ImageData
 from vaekit.errors import VaekitError
 from vaekit.train import LOSS_PNG, METRICS_FILE, RECON_PNG, SAMPLES_PNG, TrainHooks, train
@@ -46,6 +46,35 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, digits16: ImageData)
     assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(full)] == [
         {k: v for k, v in r.items() if k not in drop} for r in _metrics(part)
     ]
+
+
+@pytest.mark.parametrize(("every", "written"), [(0.0, [1, 2, 3]), (1e9, [3])])
+def test_checkpoint_interval_decides_which_epochs_reach_the_disk(
+    tmp_path: Path, digits16: ImageData, every: float, written: list[int]
+) -> None:
+    out, on_disk = tmp_path / "run", []
+
+    def seen(row: dict[str, float]) -> None:
+        if (out / METRICS_FILE).read_text():
+            on_disk.append(_metrics(out)[-1]["epoch"])  # after epoch N: the last epoch metrics.jsonl holds
+
+    train(tiny_config(epochs=3), out, data=digits16, device_name="cpu", hooks=TrainHooks(on_epoch=seen),
+          checkpoint_every=every)  # fmt: skip
+    assert sorted(set(on_disk)) == written
+    assert [r["epoch"] for r in _metrics(out)] == [1, 2, 3]
+    assert load_trainer(out, load_model(out)[0]).epoch == 3
+
+
+def test_an_interrupt_writes_the_finished_epoch_the_interval_had_not_written_yet(
+    tmp_path: Path, digits16: ImageData
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match="epochs 1-2 are saved"):
+        train(tiny_config(epochs=4), out, data=digits16, device_name="cpu", hooks=_stop_at(3, 3),
+              checkpoint_every=1e9)  # fmt: skip
+    assert [r["epoch"] for r in _metrics(out)] == [1, 2]
+    history = train(tiny_config(epochs=4), out, resume=True, data=digits16, device_name="cpu")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
 
 
 def test_existing_run_is_not_clobbered(conv_run: Path, digits16: ImageData) -> None:

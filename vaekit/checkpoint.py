@@ -47,22 +47,32 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
 
 
-def save_checkpoint(
-    run_dir: Path,
+@dataclass(frozen=True)
+class Snapshot:
+    """A finished epoch's state copied off the live tensors: training goes on while it waits to be written."""
+
+    epoch: int
+    weights: dict[str, torch.Tensor]
+    trainer: dict[str, torch.Tensor]  # weights + Adam moments
+    meta: dict[str, str]
+    history: list[dict[str, Any]]  # the metrics rows up to this epoch
+
+
+def snapshot(
     model: VAE,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     step: int,
     history: list[dict[str, Any]],
-) -> None:
-    """Write trainer state (with the metrics history, so metrics.jsonl can always be rebuilt) then weights."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+) -> Snapshot:
+    """The trainer state (with the metrics history, so metrics.jsonl can always be rebuilt) and the weights."""
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in weights.items()}
     for idx, state in opt["state"].items():
         for name, value in state.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().to("cpu", copy=True).contiguous()
     meta = {
         "epoch": str(epoch),
         "step": str(step),
@@ -71,9 +81,13 @@ def save_checkpoint(
         "history": json.dumps(history),
         "vaekit_version": __version__,
     }
+    return Snapshot(epoch, weights, tensors, meta, list(history))
+
+
+def save_checkpoint(run_dir: Path, snap: Snapshot) -> None:
     # trainer first: if the model write is lost, resume still has the newest state.
-    atomic_write_bytes(run_dir / TRAINER_FILE, save_tensors(tensors, metadata=meta))
-    atomic_write_bytes(run_dir / MODEL_FILE, save_tensors(weights, metadata={"epoch": str(epoch)}))
+    atomic_write_bytes(run_dir / TRAINER_FILE, save_tensors(snap.trainer, metadata=snap.meta))
+    atomic_write_bytes(run_dir / MODEL_FILE, save_tensors(snap.weights, metadata={"epoch": str(snap.epoch)}))
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

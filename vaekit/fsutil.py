@@ -20,6 +20,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,19 +64,21 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block is done, then raise it: files that belong together (a checkpoint's
-    two files and the metrics of its epoch) are never split by it. Only the main thread gets SIGINT."""
+    """Hold a Ctrl-C or SIGTERM until the block is done, then deliver it: files that belong together (a
+    checkpoint's two files and the metrics of its epoch) are never split by it. Only the main thread gets
+    signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for signum in dict.fromkeys(caught):
+        signal.raise_signal(signum)  # to the handler it had before: KeyboardInterrupt, or the default action
 
 
 def check_output_dir(out: Path, inputs: list[Path]) -> None:

@@ -209,7 +209,9 @@ def save_image(img: Image.Image, path: Path) -> None:
     if fmt == "JPEG" and img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    # zlib level 1 for PNG: half the time of the default 6 for ~5 % more bytes (training redraws its previews)
+    options = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "PNG": {"compress_level": 1}}.get(fmt, {})
+    img.save(buf, format=fmt, **options)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 

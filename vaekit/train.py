@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from vaekit import __version__
-from vaekit.checkpoint import RunPosition, claim_run_dir, load_trainer, save_checkpoint, save_config
+from vaekit.checkpoint import RunPosition, Snapshot, claim_run_dir, load_trainer, save_checkpoint, save_config, snapshot
 from vaekit.config import (  # the run files' names, re-exported: tests and scripts read them from here
+    CHECKPOINT_INTERVAL_S,
     LOSS_PNG,
     METRICS_FILE,
     RECON_PNG,
@@ -46,6 +46,7 @@ from vaekit.config import (
     RUN_FILES as RUN_FILES,
 )
 from vaekit.data import ImageData, data_dirs, load_data
+from vaekit.distributed import Dist, init_distributed
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, to_tensor
 from vaekit.fsutil import atomic_write_text, check_output_dir, interrupts_deferred
@@ -54,7 +55,6 @@ from vaekit.model import VAE, build_model, check_fits, pick_device
 
 # called after each batch with (epoch, batch index, batches per epoch, running means)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
-T = TypeVar("T")
 
 
 @dataclass
@@ -64,68 +64,6 @@ class TrainHooks:
     on_setup: Callable[[Setup], None] | None = None  # once, before the first epoch
     progress: ProgressFn | None = None  # after every batch
     on_epoch: Callable[[dict[str, Any]], None] | None = None  # the metrics row, once the epoch is saved
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    owns_group: bool = False  # this call created the process group, so it also destroys it
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def agree(self, fn: Callable[[], T]) -> T:
-        """Run fn on every rank; if it fails on any rank, every rank raises that error.
-
-        Without this, a rank-local failure (rank 0 finds the run dir locked, a full disk) leaves the other
-        ranks waiting in their next collective until a timeout. Doubles as a barrier.
-        """
-        error: VaekitError | None = None
-        result: T | None = None
-        try:
-            result = fn()
-        except VaekitError as exc:
-            error = exc
-        if self.world > 1:
-            messages: list[str] = [""] * self.world
-            dist.all_gather_object(messages, str(error) if error else "")
-            first = next((m for m in messages if m), "")
-            if first and error is None:
-                error = VaekitError(first)
-        if error is not None:
-            raise error
-        return cast(T, result)
-
-    def on_main(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run fn(*args) on rank 0 only (the one that writes files); the others wait for it and share its fate."""
-        self.agree(lambda: fn(*args) if self.main else None)
-
-
-def _init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise VaekitError("WORLD_SIZE and LOCAL_RANK must be integers: launch with torchrun") from None
-    if world <= 1:
-        return Dist(), device
-    if device.type == "cuda":
-        gpus = torch.cuda.device_count()
-        if local_rank >= gpus:
-            raise VaekitError(f"LOCAL_RANK {local_rank}, but this machine has {gpus} GPU(s): --nproc-per-node {gpus}")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        try:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        except (ValueError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise VaekitError(f"cannot join the process group (WORLD_SIZE={world}): {reason}; use torchrun") from None
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), owns_group=owns), device
 
 
 def _kld_weight(cfg: RunConfig, n_train: int) -> float:
@@ -182,20 +120,26 @@ def train(
     detect_anomaly: bool = False,
     data: ImageData | None = None,
     hooks: TrainHooks | None = None,
+    checkpoint_every: float = CHECKPOINT_INTERVAL_S,
 ) -> list[dict[str, Any]]:
     """Train (or resume) into `out`; returns the per-epoch metrics of the whole run ([] on ranks other than 0).
+
+    The checkpoint is written after the last epoch and whenever `checkpoint_every` seconds passed since the
+    previous one (0: every epoch); an exception or Ctrl-C writes the last finished epoch before it leaves.
 
     Ctrl-C raises KeyboardInterrupt whose message says what was saved and the command that continues; a
     fresh run that fails or is interrupted before its first checkpoint leaves nothing behind.
     """
     check_output_dir(out, data_dirs(cfg.train.data))  # before the run dir is claimed: never a run inside its data
-    ddp, device = _init_distributed(pick_device(device_name))
+    ddp, device = init_distributed(pick_device(device_name))
     where = RunPosition(out, resume)
     try:
         with ExitStack() as held:
             ddp.on_main(claim_run_dir, held, out, resume, overwrite)
             try:
-                history = _train(cfg, out, device, ddp, detect_anomaly, data, hooks or TrainHooks(), where)
+                history = _train(
+                    cfg, out, device, ddp, detect_anomaly, data, hooks or TrainHooks(), where, checkpoint_every
+                )
             except BaseException as exc:
                 if ddp.main:
                     where.clean_failed_start()
@@ -233,23 +177,30 @@ def _train(
     data: ImageData | None,
     hooks: TrainHooks,
     where: RunPosition,
+    checkpoint_every: float,
 ) -> list[dict[str, Any]]:
     cfg.validate()
     data = _checked_data(cfg, ddp, data)
     cfg.model.pad = data.pad
     cfg.version = __version__
     run = _Run.start(cfg, out, data, device, ddp, where)
+    run.checkpoint_every = checkpoint_every
     where.wrote = True
     ddp.on_main(save_config, out, cfg)
     ddp.on_main(_write_metrics, out / METRICS_FILE, run.history)  # drops rows of an epoch lost in a crash
     if hooks.on_setup and ddp.main:
         hooks.on_setup(run.setup(device))
-    for epoch in range(where.saved + 1, cfg.train.epochs + 1):
-        sums, elapsed = run.train_epoch(epoch, detect_anomaly, where, hooks.progress)
-        ddp.on_main(run.end_epoch, epoch, sums, elapsed, device, where)
-        where.saved = epoch
-        if hooks.on_epoch and ddp.main:
-            hooks.on_epoch(run.history[-1])
+    try:
+        for epoch in range(where.saved + 1, cfg.train.epochs + 1):
+            sums, elapsed = run.train_epoch(epoch, detect_anomaly, where, hooks.progress)
+            ddp.on_main(run.end_epoch, epoch, sums, elapsed, device, where)
+            if hooks.on_epoch and ddp.main:
+                hooks.on_epoch(run.history[-1])
+    except BaseException:
+        if ddp.main:  # an interrupt or a failure in epoch E keeps epoch E-1, written or not yet
+            with contextlib.suppress(VaekitError):  # the message then says what is on disk: where.saved
+                run.save_pending(where, device, stopping=True)
+        raise
     return run.history
 
 
@@ -279,6 +230,9 @@ class _Run:
     batches: BatchSampler
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_every: float = CHECKPOINT_INTERVAL_S
+    saved_at: float = field(default_factory=time.monotonic)  # when the last checkpoint was written (or the start)
+    pending: Snapshot | None = None  # the last finished epoch, while it is not on disk yet
 
     @classmethod
     def start(
@@ -392,8 +346,22 @@ class _Run:
                 "seconds": elapsed,
             }
         )
+        self.pending = snapshot(self.model, self.optimizer, self.scheduler, epoch, self.step, self.history)
+        if epoch == self.cfg.train.epochs or time.monotonic() - self.saved_at >= self.checkpoint_every:
+            self.save_pending(where, device)
+
+    def save_pending(self, where: RunPosition, device: torch.device, stopping: bool = False) -> None:
+        """Write the last finished epoch's checkpoint and metrics together, then the previews of that state.
+
+        `stopping`: the run is leaving mid-epoch, so the model first gets that epoch's weights back.
+        """
+        snap = self.pending
+        if snap is None:
+            return
         with interrupts_deferred():
-            save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, epoch, self.step, self.history)
-            _write_metrics(self.out / METRICS_FILE, self.history)
-            where.saved = epoch
-        _write_previews(self.out, self.model, self.data.test, self.history, device)
+            save_checkpoint(self.out, snap)
+            _write_metrics(self.out / METRICS_FILE, snap.history)
+            where.saved, self.pending, self.saved_at = snap.epoch, None, time.monotonic()
+        if stopping:
+            self.model.load_state_dict(snap.weights)
+        _write_previews(self.out, self.model, self.data.test, snap.history, device)

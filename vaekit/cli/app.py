@@ -3,10 +3,13 @@ non-zero exit, never a traceback. Command modules register on `app`; this module
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -55,7 +58,7 @@ DEPLOY_PANEL = "Deploy"
 MEASURE_PANEL = "Measure"
 
 
-INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + the signal's number)
 PARTIAL = 3  # the verified graphs were published, a precision asked for was not: the request was not met
 
 
@@ -64,10 +67,31 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def stopped(message: str) -> typer.Exit:
-    """Ctrl-C is the user's choice, not an error: one yellow line (what was kept, how to go on), rc 130."""
+def stopped(message: str, signum: int = signal.SIGINT) -> typer.Exit:
+    """Ctrl-C is the user's choice, not an error: one yellow line (what was kept, how to go on), rc 130
+    (143 for a SIGTERM, as the shell reports a process that signal ended)."""
     err_console.print(f"[yellow]{escape(message)}[/]", highlight=False)
-    return typer.Exit(INTERRUPTED)
+    return typer.Exit(INTERRUPTED - signal.SIGINT + signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[list[int]]:
+    """A SIGTERM (a scheduler's stop, `kill`, a container's shutdown) unwinds like Ctrl-C, so a command cleans
+    up and says what it kept instead of dying mid-write; yields the list that records it arrived."""
+    seen: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 PYTHON_SHOWWARNING = warnings.showwarning
@@ -91,16 +115,18 @@ def command(panel: str, name: str | None = None) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
+            terms: list[int] = []
             try:
                 require(command_name)
-                with warnings.catch_warnings():  # restores showwarning when the command returns
+                # restores showwarning and the SIGTERM handler when the command returns
+                with warnings.catch_warnings(), sigterm_as_interrupt() as terms:
                     warnings.showwarning = _warning_line
                     return fn(*args, **kw)
             except KeyboardInterrupt as exc:  # train's says what it saved and the command that continues
-                raise stopped(str(exc) or "interrupted") from None
+                raise stopped(str(exc) or "interrupted", *terms[:1]) from None
             except VaekitError as exc:
                 if caused_by_interrupt(exc):
-                    raise stopped("interrupted") from None
+                    raise stopped("interrupted", *terms[:1]) from None
                 raise fail(str(exc), exc.exit_code) from None
             except MemoryError:
                 raise fail("out of memory: try a smaller --batch-size") from None

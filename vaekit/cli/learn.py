@@ -15,7 +15,16 @@ import typer
 from rich.markup import escape
 
 from vaekit.cli.app import LEARN_PANEL, command, err_console, out_console
-from vaekit.config import DEFAULT_DATA, DEFAULT_OUT, PROGRESS_INTERVAL_S, TRAIN_DEVICES, RunConfig, Setup, preset
+from vaekit.config import (
+    CHECKPOINT_INTERVAL_S,
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    PROGRESS_INTERVAL_S,
+    TRAIN_DEVICES,
+    RunConfig,
+    Setup,
+    preset,
+)
 from vaekit.errors import UsageError
 
 if TYPE_CHECKING:
@@ -183,8 +192,11 @@ def train(
     detect_anomaly: Annotated[
         bool, typer.Option("--detect-anomaly", help="Find the op that made a NaN (slow).", rich_help_panel=RUN)
     ] = False,
+    checkpoint_every: Annotated[
+        float, _opt(f"Seconds between checkpoints; 0: every epoch ({CHECKPOINT_INTERVAL_S:g}).", RUN)
+    ] = CHECKPOINT_INTERVAL_S,
 ) -> None:
-    """Train a VAE; checkpoints, metrics.jsonl and sample/reconstruction/loss PNGs land in --out each epoch."""
+    """Train a VAE into --out (checkpoint, metrics, PNGs); Ctrl-C or SIGTERM keeps the last finished epoch."""
     from vaekit.checkpoint import load_config
     from vaekit.train import train as run_training
 
@@ -208,7 +220,7 @@ def train(
     with display.live():
         history = run_training(
             cfg, out, resume=resume, overwrite=overwrite, device_name=device, detect_anomaly=detect_anomaly,
-            hooks=display.hooks(),
+            hooks=display.hooks(), checkpoint_every=checkpoint_every,
         )  # fmt: skip
     if history:
         last = history[-1]
