@@ -31,7 +31,7 @@ from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
 from vaekit.export.tensorrt.engines import FLOAT_GRAPHS, float_converter
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, dir_lock, refuse_to_replace, run_lock
 from vaekit.runtimes.artifacts import (
     ENGINE_SUFFIXES,
     ONNX_SUFFIX,
@@ -138,20 +138,21 @@ def export_artifacts(
     checkpoint, out = Path(checkpoint), Path(out)
     run = load_run(checkpoint)
     check_destination(out, checkpoint, opts.overwrite, opts.data or run.cfg.train.data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    try:
-        result = _build(run, checkpoint, staging, opts, on_step)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if result.passed:
-        if result.dropped:  # kept for inspection beside the published export, like a rejected one
-            set_aside(staging, out, list(result.dropped))
-        publish(staging, out)
-        result.out_dir = out
-    else:
-        result.out_dir = reject(staging, out)
+    with run_lock(out):  # a second export into `out` is refused while this one runs
+        check_destination(out, checkpoint, opts.overwrite, opts.data or run.cfg.train.data)  # now it holds
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+        try:
+            result = _build(run, checkpoint, staging, opts, on_step)
+            if result.passed:
+                if result.dropped:  # kept for inspection beside the published export, like a rejected one
+                    set_aside(staging, out, list(result.dropped))
+                publish(staging, out)
+                result.out_dir = out
+            else:
+                result.out_dir = reject(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return result
 
 
@@ -343,17 +344,18 @@ def publish(staging: Path, out: Path) -> None:
     that this one did not write (a stale decoder.fp16.onnx would otherwise sit beside a new manifest)."""
     out.mkdir(parents=True, exist_ok=True)
     fresh = {item.name for item in staging.iterdir() if item.is_file()}
-    for pattern in PUBLISHED:
-        for old in out.glob(pattern):
-            if old.name not in fresh:
-                old.unlink()
-    if (out / WEB_DIR).is_dir():  # a browser bundle of the older graphs: `--web` builds a new one
-        shutil.rmtree(out / WEB_DIR)
-    for item in staging.iterdir():
-        if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
-            shutil.rmtree(item)
-        else:
-            os.replace(item, out / item.name)
+    with dir_lock(out, exclusive=True):  # readers loading from `out` finish first; new ones wait for the end
+        for pattern in PUBLISHED:
+            for old in out.glob(pattern):
+                if old.name not in fresh:
+                    old.unlink()
+        if (out / WEB_DIR).is_dir():  # a browser bundle of the older graphs: `--web` builds a new one
+            shutil.rmtree(out / WEB_DIR)
+        for item in staging.iterdir():
+            if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
+                shutil.rmtree(item)
+            else:
+                os.replace(item, out / item.name)
     staging.rmdir()
 
 

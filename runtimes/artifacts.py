@@ -18,7 +18,7 @@ import numpy as np
 
 from vaekit.config import CONFIG_FILE, MODEL_FILE
 from vaekit.errors import VaekitError
-from vaekit.fsutil import sha256_file
+from vaekit.fsutil import dir_lock, sha256_file
 
 Role = Literal["encoder", "decoder"]
 ROLES: tuple[Role, ...] = ("encoder", "decoder")
@@ -211,8 +211,9 @@ def load_golden(artifact_dir: Path, images: np.ndarray, z: np.ndarray, trust: bo
         raise VaekitError(
             f"{path} not found: re-export, pass --checkpoint, or --reference-onnx to judge against the fp32 graph"
         )
-    provenance(path, trust)
-    golden = _read_npz(path, GOLDEN_KEYS, "vaekit golden output")
+    with dir_lock(artifact_dir, exclusive=False):  # the file hashed is the file read: no export between
+        provenance(path, trust)
+        golden = _read_npz(path, GOLDEN_KEYS, "vaekit golden output")
     shapes_ok = (
         golden["mu"].shape == golden["log_var"].shape
         and golden["mu"].ndim == 2

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import cast
 
 from vaekit.errors import VaekitError
+from vaekit.fsutil import dir_lock
 from vaekit.runtimes.artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, Role, provenance, resolve
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
@@ -188,8 +189,11 @@ def _open_checked(
 ) -> tuple[Encoder | Decoder, str]:
     resolved = resolve(Path(path), role)
     backend = backend_for(resolved, runtime)
-    origin = "" if resolved.suffix.lower() == CHECKPOINT_SUFFIX else provenance(resolved, trust)
-    return backend.load(resolved, role, device), origin
+    if resolved.suffix.lower() == CHECKPOINT_SUFFIX:
+        return backend.load(resolved, role, device), ""
+    with dir_lock(resolved.parent, exclusive=False):  # the file checked is the file loaded: no export between
+        origin = provenance(resolved, trust)
+        return backend.load(resolved, role, device), origin
 
 
 def open_encoder(

@@ -28,6 +28,7 @@ from vaekit.cli.web import view  # importing it registers `vaekit view` even bef
 from vaekit.data import to_float
 from vaekit.errors import VaekitError
 from vaekit.export.web.bundle import build_bundle, graph_for_the_web, publish
+from vaekit.fsutil import LOCK_FILE
 from vaekit.runtimes.artifacts import WEB_DIR, load_inputs, onnx_name
 from vaekit.runtimes.backends import browser, web_bundle
 from vaekit.runtimes.backends.web_bundle import MODEL_JSON, RUNTIME_FILES, BundleServer, folder_files
@@ -76,7 +77,7 @@ def test_bundle_from_an_export(art: Path, runtime_dir: Path) -> None:
     (web / "leftover.txt").write_text("from the old bundle")
     build_bundle(art, runtime_dir)  # a rebuild replaces the whole folder
     assert not (web / "leftover.txt").exists()
-    assert sorted(p.name for p in art.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in art.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE) == []
 
 
 def _tarball(files: dict[str, bytes]) -> bytes:
@@ -122,7 +123,7 @@ def test_a_failed_build_leaves_the_old_bundle(art: Path, runtime_dir: Path, tmp_
     with pytest.raises(VaekitError, match="cannot write"):
         publish(broken, web)
     assert {p.name: p.read_bytes() for p in web.iterdir()} == before
-    assert not [p for p in art.iterdir() if p.name.startswith(".")]
+    assert not [p for p in art.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

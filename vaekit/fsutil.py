@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -34,7 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise VaekitError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write {path}: {ran_out(exc)}") from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -45,8 +46,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise VaekitError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write {path}: {ran_out(exc, len(data))}") from None
     _fsync_dir(path.parent)
+
+
+def ran_out(exc: OSError, nbytes: int | None = None) -> str:
+    """The OS's words for a failed write, plus which limit ran out when it was the disk or a size limit."""
+    words = exc.strerror or str(exc)
+    size = f" for {nbytes:,} bytes" if nbytes else ""
+    if exc.errno == errno.ENOSPC:
+        return f"{words} (the disk is full{size})"
+    if exc.errno == errno.EDQUOT:
+        return f"{words} (the disk quota is used up{size})"
+    if exc.errno == errno.EFBIG:
+        return f"{words} (over this process's file-size limit, ulimit -f{size})"
+    return words
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -137,7 +151,7 @@ def run_lock(directory: Path) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         f = open(lock_path, "a+")  # noqa: SIM115 (closed in the finally below)
     except OSError as exc:
-        raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write to {directory}: {ran_out(exc)}") from None
     try:
         _take(f, directory)
         yield
@@ -162,7 +176,24 @@ def _take(f: IO[str], directory: Path) -> None:
         f.write(f"{os.getpid()} on {socket.gethostname()}")
         f.flush()
     except OSError as exc:
-        raise VaekitError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write to {directory}: {ran_out(exc)}") from None
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """flock on the directory itself, waiting for it: readers (shared) check an artifact against the manifest
+    and load it while no export publishes into the directory (exclusive), so a reader never pairs one
+    export's manifest with another's graph. A directory that cannot be opened is used without the lock."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _remove_if_only_lock(directory: Path, lock_path: Path, created: bool) -> None:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_bytes, check_output_dir
+from vaekit.fsutil import atomic_write_bytes, check_output_dir, ran_out
 from vaekit.runtimes.artifacts import WEB_DIR, Role, artifact_dir_of, cpu_graph_name, onnx_name, web_graph_name
 from vaekit.runtimes.backends.web_bundle import PAGE_FOLDER, Files, bundle_files, runtime_files
 
@@ -62,14 +62,14 @@ def publish(files: Files, target: Path) -> Path:
     try:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     except OSError as exc:
-        raise VaekitError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write {target}: {ran_out(exc)}") from None
     try:
         for name, content in files.items():
             atomic_write_bytes(staging / name, content if isinstance(content, bytes) else content.read_bytes())
         os.chmod(staging, 0o755)  # mkdtemp makes 0700; a bundle is for serving
         _swap(staging, target)
     except OSError as exc:
-        raise VaekitError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise VaekitError(f"cannot write {target}: {ran_out(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when the swap succeeded
     return target

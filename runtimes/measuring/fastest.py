@@ -10,19 +10,32 @@ from pathlib import Path
 from typing import Any
 
 from vaekit.errors import VaekitError
-from vaekit.fsutil import atomic_write_text
-from vaekit.runtimes.artifacts import FASTEST, Role
+from vaekit.fsutil import atomic_write_text, dir_lock, sha256_file
+from vaekit.runtimes.artifacts import FASTEST, MANIFEST, Role
 from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.cpu import cpu_model
 from vaekit.runtimes.measuring.bench import PEERS, BenchReport, load_peer
 
 
-def record(artifact_dir: Path, report: BenchReport) -> Path:
-    """Keep the choice beside the artifacts, with the machine and threads it holds for."""
+def manifest_digest(artifact_dir: Path) -> str:
+    """The sha256 of the manifest: which export a measurement was made on ('' when there is none)."""
+    path = artifact_dir / MANIFEST
+    return sha256_file(path) if path.is_file() else ""
+
+
+def record(artifact_dir: Path, report: BenchReport, measured_on: str) -> Path:
+    """Keep the choice beside the artifacts, with the machine and threads it holds for; refused when the
+    directory now holds another export than the one measured (`measured_on`: its manifest_digest)."""
     machine = {"cpu": report.machine["cpu"]["model"], "threads": report.machine["threads"]}
     data = {"format": 1, "machine": machine, "date": report.machine["date"], "best": report.best}
     path = artifact_dir / FASTEST
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    with dir_lock(artifact_dir, exclusive=True):  # no export publishes between the check and the write
+        if manifest_digest(artifact_dir) != measured_on:
+            raise VaekitError(
+                f"{artifact_dir} was exported again while bench measured it: nothing recorded; "
+                f"run vaekit bench {artifact_dir} --record again"
+            )
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

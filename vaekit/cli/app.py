@@ -20,6 +20,7 @@ from typer.core import TyperCommand, TyperGroup
 from vaekit.data import SkippedImagesWarning
 from vaekit.errors import VaekitError, caused_by_interrupt
 from vaekit.extras import require
+from vaekit.fsutil import ran_out
 
 
 def _without_flag_metavars(params: list[Any]) -> list[Any]:
@@ -132,7 +133,7 @@ def command(panel: str, name: str | None = None) -> Callable[[F], F]:
                 raise fail("out of memory: try a smaller --batch-size") from None
             except OSError as exc:
                 where = f" ({exc.filename})" if exc.filename else ""
-                raise fail(f"{exc.strerror or exc}{where}") from None
+                raise fail(f"{ran_out(exc)}{where}") from None
 
         app.command(name=command_name, rich_help_panel=panel, cls=Command)(wrapper)
         return fn

@@ -78,6 +78,9 @@ def bench(
     def progress(job: Job, done: int, total: int) -> None:
         err_console.print(f"[dim]{done}/{total} {job.runtime} {job.graph} {job.precision}[/]", highlight=False)
 
+    from vaekit.runtimes.measuring.fastest import manifest_digest
+
+    measured_on = manifest_digest(artifact_dir_of(artifacts))
     report = run_bench(artifact_dir_of(artifacts), settings, progress)
     out_console.print(bench_table(report))
     flops = ", ".join(f"{g} {f / 1e6:.1f} MFLOP" for g, f in report.flops_per_image.items())
@@ -106,6 +109,6 @@ def bench(
     if record:
         from vaekit.runtimes.measuring.fastest import record as keep
 
-        wrote(keep(artifact_dir_of(artifacts), report))
+        wrote(keep(artifact_dir_of(artifacts), report, measured_on))
     if not any(r.p50_ms for r in report.rows):
         raise VaekitError("nothing was measured: every runtime is missing or failed (see the notes above)")

@@ -51,13 +51,15 @@ def _open(
 ) -> tuple[Encoder | Decoder, str]:
     """The artifact's encoder or decoder and where it came from; `--runtime auto`: the fastest verified runtime
     `vaekit bench --record` measured for this directory on this machine."""
+    from vaekit.fsutil import dir_lock
     from vaekit.runtimes.artifacts import artifact_dir_of, provenance
     from vaekit.runtimes.measuring.fastest import load_fastest
     from vaekit.runtimes.registry import open_decoder, open_encoder
 
     if runtime == "auto":
-        loaded, why = load_fastest(artifact_dir_of(path), "encoder" if role == "encoder" else "decoder", batch)
-        return loaded, f"{why}; {provenance(Path(loaded.info.path), trust)}"
+        with dir_lock(artifact_dir_of(path), exclusive=False):  # no export publishes between choice and check
+            loaded, why = load_fastest(artifact_dir_of(path), "encoder" if role == "encoder" else "decoder", batch)
+            return loaded, f"{why}; {provenance(Path(loaded.info.path), trust)}"
     opener = open_encoder if role == "encoder" else open_decoder
     return opener(path, device or "", trust, runtime)
 
