@@ -12,6 +12,7 @@ from vaekit.images import check_count, picture, prior_latents, sample_picture
 from vaekit.runtimes.base import Decoder, Encoder, in_batches
 
 TRAVERSE_SPAN = 3.0  # traversals sweep each latent over [-3, 3] standard deviations of the prior
+AT_ZERO = "stay 0"  # where the other latents of a traversal stay unless a caller gives a centre
 __all__ = ["prior_latents"]  # core's one rule for the latents of sample pictures, re-exported for callers here
 
 
@@ -55,12 +56,17 @@ def top_dimensions(decoder: Decoder, count: int) -> list[int]:
     return [int(i) for i in np.argsort(-effect)[: min(count, d)]]
 
 
-def traversal_latents(decoder: Decoder, rows: int, steps: int) -> tuple[np.ndarray, list[int]]:
-    """One row per top dimension, sweeping it over [-3, 3] with the others at 0."""
+def traversal_latents(
+    decoder: Decoder, rows: int, steps: int, order: list[int] | None = None, centre: np.ndarray | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """One row per dimension, sweeping it over [-3, 3] with the others at `centre` (default 0): the first
+    `rows` of `order`, or without one the dimensions that change the image most."""
     if steps < 2 or rows < 1:
         raise VaekitError(f"--traverse needs >= 2 steps and >= 1 row, got {steps} steps, {rows} rows")
-    dims = top_dimensions(decoder, rows)
+    dims = order[:rows] if order else top_dimensions(decoder, rows)
     z = np.zeros((len(dims) * steps, decoder.info.latent_dim), dtype=np.float32)
+    if centre is not None:
+        z[:] = centre
     sweep = np.linspace(-TRAVERSE_SPAN, TRAVERSE_SPAN, steps, dtype=np.float32)
     for r, dim in enumerate(dims):
         z[r * steps : (r + 1) * steps, dim] = sweep
@@ -89,10 +95,17 @@ def reconstruct(encoder: Encoder, decoder: Decoder, images: np.ndarray) -> tuple
 
 
 def picture_latents(
-    decoder: Decoder, n: int, seed: int, interpolate: int | None, traverse: int | None
+    decoder: Decoder,
+    n: int,
+    seed: int,
+    interpolate: int | None,
+    traverse: int | None,
+    order: list[int] | None = None,
+    centre: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int | None, list[int]]:
     """The latents `vaekit generate` decodes: prior samples, or n // K rows of K interpolation or traversal
-    steps. Returns (z, columns per row or None for a square grid, the traversed dimensions)."""
+    steps (traversals of `order`'s dimensions around `centre` when given). Returns (z, columns per row or
+    None for a square grid, the traversed dimensions)."""
     check_count(n)
     if interpolate is not None and traverse is not None:
         raise VaekitError("--interpolate and --traverse are separate pictures: pick one")
@@ -103,20 +116,25 @@ def picture_latents(
     if interpolate is not None:
         return interpolation_latents(max(1, n // interpolate), interpolate, d, seed), interpolate, []
     if traverse is not None:
-        z, dims = traversal_latents(decoder, max(1, n // traverse), traverse)
+        z, dims = traversal_latents(decoder, max(1, n // traverse), traverse, order, centre)
         return z, traverse, dims
     return prior_latents(n, d, seed), None, []
 
 
 def generate_picture(
-    images: np.ndarray, value_range: tuple[float, float], seed: int, ncol: int | None, dims: list[int]
+    images: np.ndarray,
+    value_range: tuple[float, float],
+    seed: int,
+    ncol: int | None,
+    row_labels: list[str],
+    others: str = AT_ZERO,
 ) -> Image.Image:
     """What `vaekit generate` writes for picture_latents' output: samples as training's samples.png draws
-    them (same seed, same picture), or titled rows of interpolations, or traversals labelled "dim 3"."""
-    if dims:
+    them (same seed, same picture), or titled rows of interpolations, or traversals with a label per row."""
+    if row_labels:
         span = f"[-{TRAVERSE_SPAN:g}, {TRAVERSE_SPAN:g}]"
-        title = f"traversals: each row moves one latent dimension over {span}, the others stay 0"
-        return picture(images, value_range, title, ncol, [f"dim {d}" for d in dims])
+        title = f"traversals: each row moves one latent dimension over {span}, the others {others}"
+        return picture(images, value_range, title, ncol, row_labels)
     if ncol:
         return picture(images, value_range, f"interpolations (slerp) between pairs of prior samples, seed {seed}", ncol)
     return sample_picture(images, value_range, seed)

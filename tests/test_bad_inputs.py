@@ -154,6 +154,13 @@ ROWS: dict[str, Row] = {
     "eval-folder-only-bombs": Row(
         "eval --checkpoint {run} --data folder:{bad}/bomb_images", r"cannot decode image .*none of the"
     ),
+    "eval-disentangle-no-factors": Row(
+        "eval --checkpoint {run} --data digits --disentanglement", r"--data digits has no factor table"
+    ),
+    "eval-png-without-disentangle": Row("eval --checkpoint {run} --png {png}", r"add --disentanglement"),
+    "eval-disentangle-png-unwritable": Row(
+        "eval --checkpoint {run} --data shapes --disentanglement --png {out}/t.bmpx", r"t.bmpx"
+    ),
     "eval-without-safetensors": Row(
         "eval --checkpoint {run}", r"needs safetensors.*vaekit\[train\]", without="safetensors"
     ),
@@ -289,6 +296,11 @@ ROWS: dict[str, Row] = {
     "generate-interpolate-one": Row("generate --engine {art} --interpolate 1 --out {png}", r"needs >= 2 steps"),
     "generate-interpolate-negative": Row("generate --engine {art} --interpolate -2 --out {png}", r"-2"),
     "generate-traverse-zero": Row("generate --engine {art} --traverse 0 --out {png}", r"needs >= 2 steps"),
+    "generate-traverse-negative": Row("generate --engine {art} --traverse -4 --data shapes --out {png}", r"-4"),
+    "generate-data-without-traverse": Row("generate --engine {art} --data shapes --out {png}", r"add --traverse K"),
+    "generate-traverse-no-factors": Row(
+        "generate --engine {art} --traverse 3 --data digits --out {png}", r"--data digits has no factor table"
+    ),
     "generate-both-pictures": Row("generate --engine {art} --interpolate 3 --traverse 3 --out {png}", r"pick one"),
     "generate-device-unknown": Row("generate --engine {art} --device tpu --out {png}", r"unknown device 'tpu'"),
     "generate-device-cuda": Row(

@@ -248,7 +248,7 @@ def test_sample_picture_is_a_titled_grid(digits_like: np.ndarray) -> None:
 
 def test_traversal_rows_carry_their_dimension(digits_like: np.ndarray) -> None:
     images = digits_like[:10]
-    img = generate_picture(images, (0.0, 1.0), 0, 5, [3, 1])
+    img = generate_picture(images, (0.0, 1.0), 0, 5, ["dim 3", "dim 1"])
     plain = grid(images, (0.0, 1.0), 5)
     scale = scale_for(plain, 512)
     margin = img.width - plain.width * scale

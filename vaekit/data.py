@@ -51,6 +51,7 @@ DEFLATE_MAX_RATIO = 1032
 IDX_MAX_DIMS = 32  # numpy 1.x's limit on array dimensions; MNIST's files have 1 or 3
 READ_CHUNK = 1 << 20
 SHAPES = ("square", "ellipse", "heart")
+SHAPE_FACTORS = ("shape", "scale", "rotation", "x", "y")  # the columns of render_shapes' factor table
 SHAPE_SCALES = np.linspace(0.5, 1.0, 6)
 SHAPE_ROTATIONS = np.linspace(0.0, 2 * np.pi, 8, endpoint=False)
 SHAPE_POSITIONS = np.linspace(0.0, 1.0, 8)

@@ -15,6 +15,7 @@ import torch
 from vaekit.checkpoint import load_model
 from vaekit.config import ModelConfig
 from vaekit.data import load_data, to_float
+from vaekit.disentangle import Disentanglement, factor_data, score
 from vaekit.errors import UsageError, VaekitError
 from vaekit.model import VAE, kl_divergence, pick_device
 
@@ -86,3 +87,26 @@ def evaluate_run(
     result: dict[str, float | str] = {**evaluate(model, images, iwae_samples=iwae_samples, seed=seed, device=dev)}
     result["split"] = split
     return result
+
+
+@torch.no_grad()
+def encode_all(model: VAE, images: np.ndarray, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """mu and log_var (N, D) of every image, EVAL_CHUNK at a time."""
+    model.eval()
+    mus, log_vars = [], []
+    for start in range(0, len(images), EVAL_CHUNK):
+        mu, log_var = model.encode(to_tensor(images[start : start + EVAL_CHUNK], model.cfg, device))
+        mus.append(mu)
+        log_vars.append(log_var)
+    return torch.cat(mus).cpu().numpy(), torch.cat(log_vars).cpu().numpy()
+
+
+def disentanglement_run(checkpoint: Path, data: str | None, device: str) -> Disentanglement:
+    """`vaekit eval --disentanglement`: MIG and SAP of a run's posterior means over every image of its data."""
+    dev = pick_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    d = factor_data(data or cfg.train.data, cfg.model.image_size)
+    if d.images.shape[1:] != cfg.model.image_shape or cfg.model.pad:
+        raise VaekitError(f"this data's images are {d.images.shape[1:]}, the model takes {cfg.model.image_shape}")
+    mu, log_var = encode_all(model, d.images, dev)
+    return score(mu, log_var, d.factors, d.names)

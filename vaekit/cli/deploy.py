@@ -275,24 +275,40 @@ def generate(
         int | None,
         typer.Option(help="K steps over [-3, 3] for each top latent dimension: n // K rows (dimensions) of K."),
     ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="With --traverse: data with known factors (shapes) to label rows by.")
+    ] = None,
     device: DeviceOption = None,
     trust: TrustOption = False,
     runtime: RuntimeOption = None,
 ) -> None:
     """Decode samples from the prior (or interpolations / traversals) with any decoder artifact."""
     from vaekit.images import save_image
-    from vaekit.runtimes.generate import decode_all, generate_picture, picture_latents
+    from vaekit.runtimes.generate import check_pair, decode_all, generate_picture, picture_latents
+    from vaekit.runtimes.traversal import around, by_kl, row_labels, score_encoder
 
     _check_picture(n, out)
+    if data is not None and traverse is None:
+        raise VaekitError("--data labels the rows of a traversal: add --traverse K")
     loaded, origin = _open("decoder", engine, device, trust, runtime, n)
     decoder = cast(Decoder, loaded)
     if origin:
         note(origin)
-    z, ncol, dims = picture_latents(decoder, n, seed, interpolate, traverse)
+    report = None
+    if data is not None:  # the encoder beside the decoder scores the code the rows are labelled from
+        encoder = cast(
+            Encoder, _open("encoder", engine if engine.is_dir() else engine.parent, device, trust, runtime, n)[0]
+        )
+        check_pair(encoder, decoder)
+        report = score_encoder(encoder, data)
+        note(f"MIG {report.mig():.3f}, SAP {report.sap():.3f} over {report.n_images} images ({encoder.info.name})")
+    order, centre = (by_kl(report), report.centre) if report else (None, None)
+    z, ncol, dims = picture_latents(decoder, n, seed, interpolate, traverse, order, centre)
     if dims:
         note(f"rows traverse latent dimensions {dims}")
     images = decode_all(decoder, z)
-    save_image(generate_picture(images, decoder.info.value_range, seed, ncol, dims), out)
+    labels = row_labels(dims, report)
+    save_image(generate_picture(images, decoder.info.value_range, seed, ncol, labels, around(report)), out)
     if npy:
         buf = io.BytesIO()
         np.savez(buf, z=z, images=images)
