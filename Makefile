@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) into $(VENV)..."; \
 	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; }
 	@echo "installing vaekit and its dependencies into $(VENV) (about a minute on a fresh machine)..."
-	$(BIN)/python -m pip install -q -e ".[train,$(RUNTIME),openvino,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,$(RUNTIME),openvino,mobile,dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

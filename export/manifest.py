@@ -11,7 +11,7 @@ from vaekit.runtimes.artifacts import MANIFEST, read_manifest
 from vaekit.runtimes.cpu import cpu_model, int8_class, isa_flags
 from vaekit.runtimes.measuring.machine import package_versions
 
-HASHED = (".onnx", ".plan", ".json", ".npz")  # artifact kinds the manifest vouches for
+HASHED = (".onnx", ".plan", ".pte", ".param", ".bin", ".json", ".npz")  # artifact kinds the manifest vouches for
 
 
 def _entry(path: Path) -> dict[str, Any]:

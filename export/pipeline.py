@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,8 +29,9 @@ from vaekit.errors import VaekitError
 from vaekit.export.graph import finalize, set_metadata
 from vaekit.export.manifest import write_manifest
 from vaekit.export.onnx import export_onnx
+from vaekit.export.publish import files_of, publish, reject, set_aside
 from vaekit.export.tensorrt.engines import FLOAT_GRAPHS, float_converter
-from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, dir_lock, refuse_to_replace, run_lock
+from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace, run_lock
 from vaekit.runtimes.artifacts import (
     ENGINE_SUFFIXES,
     ONNX_SUFFIX,
@@ -39,14 +39,13 @@ from vaekit.runtimes.artifacts import (
     PARITY_JSON,
     PARITY_PNG,
     PRECISIONS,
-    PUBLISHED,
     ROLES,
-    WEB_DIR,
     cpu_graph_name,
     is_artifact_dir,
+    ncnn_name,
     onnx_name,
     plan_name,
-    sidecar_path,
+    pte_name,
     web_graph_name,
 )
 from vaekit.runtimes.backends import pyt
@@ -85,6 +84,8 @@ class ExportOptions:
     trt: bool = False
     data: str | None = None  # images for parity and calibration; default: the run's own
     overwrite: bool = False  # replace an existing artifact directory
+    executorch: bool = False  # encoder/decoder.pte (+ .int8.pte with int8)
+    ncnn: bool = False  # encoder/decoder.ncnn.param/.bin (+ fp16 nets where the headroom allows)
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -170,6 +171,7 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
     _precision_graphs(step, result, run, real, paths, images, z, opts)
     if opts.trt:
         result.details["tensorrt"] = step("tensorrt", lambda: _engines(staging, list(paths), opts))
+    _mobile(step, result, run, real, staging, images, z, opts)
     reference = pyt.from_model(run.model, run.cfg, run.sha256, str(checkpoint.resolve()))
     save_golden(staging, *reference, images, z)
     report = step("parity", lambda: run_parity(staging, reference, images, z))
@@ -189,7 +191,8 @@ def _build(run: Run, checkpoint: Path, staging: Path, opts: ExportOptions, on_st
     }
     if result.dropped:
         info["dropped"] = result.dropped
-    write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON}, skip=set(result.dropped))
+    skip = {p.name for name in result.dropped for p in files_of(staging / name)}
+    write_manifest(staging, info, {"passed": result.report.passed, "file": PARITY_JSON}, skip=skip)
     if not result.report.passed:
         result.diagnosis = step("layerwise", lambda: diagnose(staging, result.report, reference))
     return result
@@ -233,6 +236,7 @@ def drop_failed_precisions(report: ParityReport, details: dict[str, Any]) -> tup
 def _precision_artifact(case: Case) -> bool:
     """A graph stored in a lower precision, or an engine built in one: what a failed precision drops."""
     graphs = {onnx_name(role, p) for role in ROLES for p in PRECISIONS if p != "fp32"}
+    graphs |= {pte_name(role, "int8") for role in ROLES} | {ncnn_name(role, "fp16") for role in ROLES}
     precision = case.runtime.rsplit("-", 1)[-1]
     return case.path in graphs or (precision != "fp32" and case.path.endswith(ENGINE_SUFFIXES))
 
@@ -296,6 +300,30 @@ def _precision_graphs(
         )
 
 
+def _mobile(
+    step: _Steps,
+    result: ExportResult,
+    run: Run,
+    real: ImageData,
+    staging: Path,
+    images: np.ndarray,
+    z: np.ndarray,
+    opts: ExportOptions,
+) -> None:
+    """ExecuTorch programs (int8 ones calibrated like the int8 graphs) and ncnn nets; parity proves them after."""
+    if opts.executorch:
+        from vaekit.export.mobile.pte import export_pte
+
+        calibration = to_float(real.train[: opts.calibration_images], run.cfg.model.value_range)
+        result.details["executorch"] = step(
+            "executorch", lambda: export_pte(run, staging, opts.max_batch, calibration if opts.quantize else None, z)
+        )
+    if opts.ncnn:
+        from vaekit.export.mobile.ncnn_net import export_ncnn
+
+        result.details["ncnn"] = step("ncnn", lambda: export_ncnn(run, staging, opts.max_batch, images, z))
+
+
 def write_cpu_graphs(paths: dict[str, Path]) -> dict[str, list[str]]:
     """<role>.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, so an application that loads it
     with plain ONNX Runtime gets the speed vaekit's own backend gets (role -> rewrites; none: not written)."""
@@ -337,43 +365,3 @@ def save_parity_inputs(out_dir: Path, images: np.ndarray, z: np.ndarray) -> None
     buf = io.BytesIO()
     np.savez(buf, images=images, z=z)
     atomic_write_bytes(out_dir / PARITY_INPUTS, buf.getvalue())
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Move each staged file into out (one atomic rename per file) and drop artifacts of an older export
-    that this one did not write (a stale decoder.fp16.onnx would otherwise sit beside a new manifest)."""
-    out.mkdir(parents=True, exist_ok=True)
-    fresh = {item.name for item in staging.iterdir() if item.is_file()}
-    with dir_lock(out, exclusive=True):  # readers loading from `out` finish first; new ones wait for the end
-        for pattern in PUBLISHED:
-            for old in out.glob(pattern):
-                if old.name not in fresh:
-                    old.unlink()
-        if (out / WEB_DIR).is_dir():  # a browser bundle of the older graphs: `--web` builds a new one
-            shutil.rmtree(out / WEB_DIR)
-        for item in staging.iterdir():
-            if item.is_dir():  # a runtime's cache (ORT TensorRT EP): rebuilt on demand, not an artifact
-                shutil.rmtree(item)
-            else:
-                os.replace(item, out / item.name)
-    staging.rmdir()
-
-
-def set_aside(staging: Path, out: Path, names: list[str]) -> Path:
-    """Move the dropped files into `<out>-rejected/` for inspection; the rest of staging is published."""
-    rejected = out.with_name(out.name + "-rejected")
-    shutil.rmtree(rejected, ignore_errors=True)
-    rejected.mkdir()
-    for name in names:
-        for path in (staging / name, sidecar_path(staging / name)):
-            if path.is_file():
-                os.replace(path, rejected / path.name)
-    return rejected
-
-
-def reject(staging: Path, out: Path) -> Path:
-    """Keep a failed export for inspection in `<out>-rejected/`, leaving `out` untouched."""
-    rejected = out.with_name(out.name + "-rejected")
-    shutil.rmtree(rejected, ignore_errors=True)
-    staging.rename(rejected)
-    return rejected

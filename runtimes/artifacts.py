@@ -42,13 +42,21 @@ FASTEST = "fastest.json"  # the fastest verified runtime per graph and batch, as
 WEB_DIR = "web"  # the browser bundle's folder in an artifact directory
 CPU_SUFFIX = ".cpu"  # decoder.cpu.onnx: the fp32 graph with the exact CPU rewrites applied, for plain ONNX Runtime
 WEB_SUFFIX = ".web"  # decoder.web.onnx: the fp32 graph with the exact rewrites that pay off in ONNX Runtime Web
-SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json
+SIDECAR_SUFFIX = ".json"  # decoder.plan -> decoder.plan.json, decoder.pte -> decoder.pte.json
+PTE_SUFFIX = ".pte"  # an ExecuTorch program lowered to XNNPACK
+NCNN_PARAM_SUFFIX, NCNN_BIN_SUFFIX = ".ncnn.param", ".ncnn.bin"  # an ncnn net: layers (text) and weights
+MOBILE_PRECISIONS = {"executorch": ("fp32", "int8"), "ncnn": ("fp32", "fp16")}  # what each writes
 TIMING_CACHE = "tensorrt.timing.cache"  # beside the plans; shared by the encoder and decoder builds
 # What `vaekit export` publishes: an older export's files of these kinds that the new one did not write go.
 PUBLISHED = (
     "*" + ONNX_SUFFIX,
     "*.plan",
     "*.plan" + SIDECAR_SUFFIX,
+    "*" + PTE_SUFFIX,
+    "*" + PTE_SUFFIX + SIDECAR_SUFFIX,
+    "*" + NCNN_PARAM_SUFFIX,
+    "*" + NCNN_BIN_SUFFIX,
+    "*" + NCNN_PARAM_SUFFIX + SIDECAR_SUFFIX,
     MANIFEST,
     PARITY_JSON,
     PARITY_PNG,
@@ -73,6 +81,24 @@ def web_graph_name(role: str) -> str:
 
 def plan_name(role: str) -> str:
     return f"{role}{ENGINE_SUFFIXES[0]}"
+
+
+def pte_name(role: str, precision: str = "fp32") -> str:
+    return f"{role}{PRECISION_SUFFIX[precision]}{PTE_SUFFIX}"
+
+
+def ncnn_name(role: str, precision: str = "fp32") -> str:
+    """The .param file; its weights are ncnn_bin(the param's path)."""
+    return f"{role}{PRECISION_SUFFIX[precision]}{NCNN_PARAM_SUFFIX}"
+
+
+def ncnn_bin(param: Path) -> Path:
+    return param.with_name(param.name.removesuffix(NCNN_PARAM_SUFFIX) + NCNN_BIN_SUFFIX)
+
+
+def companions(path: Path) -> list[Path]:
+    """Files an artifact loads beside itself, which the manifest vouches for with it (an ncnn net's weights)."""
+    return [ncnn_bin(path)] if path.name.endswith(NCNN_PARAM_SUFFIX) else []
 
 
 def sidecar_path(plan: Path) -> Path:
@@ -117,13 +143,15 @@ def artifact_dir_of(path: Path) -> Path:
 
 
 def artifact_files(artifact_dir: Path) -> list[tuple[Role, Path]]:
-    """(role, path) of every ONNX graph and TensorRT engine in an export directory."""
+    """(role, path) of every ONNX graph, TensorRT engine, ExecuTorch program and ncnn net in an export directory."""
     found: list[tuple[Role, Path]] = []
     for role in ROLES:
         found += [(role, artifact_dir / onnx_name(role, p)) for p in PRECISIONS]
         found.append((role, artifact_dir / cpu_graph_name(role)))
         found.append((role, artifact_dir / web_graph_name(role)))
         found.append((role, artifact_dir / plan_name(role)))
+        found += [(role, artifact_dir / pte_name(role, p)) for p in MOBILE_PRECISIONS["executorch"]]
+        found += [(role, artifact_dir / ncnn_name(role, p)) for p in MOBILE_PRECISIONS["ncnn"]]
     return [(role, path) for role, path in found if path.is_file()]
 
 
@@ -160,12 +188,15 @@ def provenance(path: Path, trust: bool = False) -> str:
     if manifest is None or not isinstance(entry, dict):
         where = f"no {MANIFEST} beside it" if manifest is None else f"not listed in {MANIFEST}"
         return f"{path.name}: {where}; origin not verified (load only engines you built)"
-    if sha256_file(path) != entry.get("sha256"):
-        if not trust:
-            raise VaekitError(
-                f"{path} does not match the sha256 in {MANIFEST} (modified or replaced?); --trust to load it"
-            )
-        return f"{path.name}: sha256 differs from {MANIFEST}, loaded because of --trust"
+    for file in (path, *companions(path)):
+        listed = files.get(file.name) if isinstance(files, dict) else None
+        if not file.is_file() or not isinstance(listed, dict) or sha256_file(file) != listed.get("sha256"):
+            if not trust:
+                raise VaekitError(
+                    f"{file} does not match the sha256 in {MANIFEST} (modified, replaced or missing?); "
+                    "--trust to load it"
+                )
+            return f"{path.name}: sha256 differs from {MANIFEST}, loaded because of --trust"
     return f"{path.name}: sha256 matches {MANIFEST} (exported from {manifest.get('checkpoint', '?')})"
 
 
@@ -199,6 +230,35 @@ def read_sidecar(plan: Path) -> dict[str, Any] | None:
     if not isinstance(data["graph_metadata"], dict):
         raise VaekitError(f"{path} is not a vaekit engine sidecar: graph_metadata is not an object")
     return data
+
+
+def sidecar_metadata(path: Path) -> dict[str, Any]:
+    """The sidecar of an artifact that keeps vaekit's metadata beside it (.pte, .ncnn.param), or one line why not."""
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        raise VaekitError(f"{path}: no {sidecar_path(path).name} beside it; vaekit artifacts carry one (re-export)")
+    return sidecar
+
+
+def checked_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar of a mobile artifact after checking that every file it lists has the size and sha256 it
+    records: a truncated or altered .pte / .param / .bin is refused here, before a C++ parser reads it."""
+    sidecar = sidecar_metadata(path)
+    files = sidecar.get("files")
+    expected = [path.name, *(p.name for p in companions(path))]
+    if not isinstance(files, dict) or sorted(files) != sorted(expected):
+        raise VaekitError(f"{sidecar_path(path)} does not list {', '.join(expected)}: re-export")
+    for name in expected:
+        file, entry = path.with_name(name), files[name]
+        if not file.is_file():
+            raise VaekitError(f"{file} not found: it is half of {path.name}")
+        same = isinstance(entry, dict) and file.stat().st_size == entry.get("bytes")
+        if not same or sha256_file(file) != entry.get("sha256"):
+            raise VaekitError(
+                f"{file} does not match the size and sha256 in {sidecar_path(path).name} (truncated or altered?): "
+                "re-export"
+            )
+    return sidecar
 
 
 GOLDEN_KEYS = ("mu", "log_var", "image")

@@ -16,13 +16,22 @@ from typing import cast
 
 from vaekit.errors import VaekitError
 from vaekit.fsutil import dir_lock
-from vaekit.runtimes.artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, Role, provenance, resolve
+from vaekit.runtimes.artifacts import (
+    CHECKPOINT_SUFFIX,
+    ENGINE_SUFFIXES,
+    NCNN_PARAM_SUFFIX,
+    ONNX_SUFFIX,
+    PTE_SUFFIX,
+    Role,
+    provenance,
+    resolve,
+)
 from vaekit.runtimes.base import ArtifactInfo, Decoder, Encoder
 
 
 @dataclass(frozen=True)
 class Backend:
-    name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino, browser
+    name: str  # as Polygraphy names them: pyt, onnxrt, trt, openvino, browser, executorch, ncnn
     label: str  # what reports show (ArtifactInfo.backend): pytorch, onnxruntime, tensorrt, openvino, ...
     module: str  # its file in runtimes/backends/ (a new runtime: one such file and one row here)
     suffixes: tuple[str, ...]  # artifact files it reads
@@ -30,6 +39,9 @@ class Backend:
     summary: str
     runtime_precisions: tuple[str, ...] = ()  # precisions it can run an fp32 graph in (a runtime-side hint)
     graph_limits: tuple[tuple[str, str, str], ...] = ()  # (device, graph precision, why it cannot run it)
+
+    def reads(self, path: Path) -> bool:
+        return path.name.lower().endswith(self.suffixes)
 
     @property
     def import_path(self) -> str:
@@ -124,13 +136,15 @@ BACKENDS: dict[str, Backend] = {
             "ONNX Runtime Web in Chromium",
             graph_limits=(("wasm", "bf16", "ONNX Runtime Web has no bfloat16 kernels"),),
         ),
+        Backend("executorch", "executorch", "et", (PTE_SUFFIX,), ("cpu",), "ExecuTorch (XNNPACK) programs"),
+        Backend("ncnn", "ncnn", "ncnn_net", (NCNN_PARAM_SUFFIX,), ("cpu",), "ncnn nets"),
     )
 }
 
 
 def backends_for(path: Path) -> list[Backend]:
     """Every backend that reads this artifact, its default first."""
-    return [b for b in BACKENDS.values() if path.suffix.lower() in b.suffixes]
+    return [b for b in BACKENDS.values() if b.reads(path)]
 
 
 def runnable_backend(path: Path, device: str, precision: str) -> Backend | None:
@@ -148,7 +162,7 @@ def backend_for(path: Path, name: str | None = None) -> Backend:
         if name not in BACKENDS:
             raise VaekitError(f"unknown runtime {name!r}: use {', '.join(BACKENDS)}")
         backend = BACKENDS[name]
-        if path.suffix.lower() not in backend.suffixes:
+        if not backend.reads(path):
             raise VaekitError(f"the {name} backend reads {', '.join(backend.suffixes)} files, not {path.name}")
         return backend
     found = next(iter(backends_for(path)), None)

@@ -20,6 +20,8 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "gpu": (("onnxruntime", "onnxruntime-gpu"),),
     "trt": (("tensorrt", "tensorrt"), ("onnxruntime", "onnxruntime-gpu"), ("cuda", "cuda-python")),
     "openvino": (("openvino", "openvino"),),
+    "mobile": (("executorch", "executorch"), ("torchao", "torchao"), ("ncnn", "ncnn"), ("pnnx", "pnnx")),
+    "ncnn": (("ncnn", "ncnn"),),
 }
 # command -> the modules it cannot start without. Every command of the CLI has a row (even an empty one).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -37,17 +39,18 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "build-engine": ("onnxruntime",),  # onnxruntime profiles an fp16 conversion
     "bench": ("onnxruntime",),  # the GEMM ceiling probe runs on ONNX Runtime
 }
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors", "executorch", "ncnn")  # what loads artifacts
 # command -> modules it uses only when asked (a data source, a runtime, a flag): the backend's status() or the
 # data loader says so in one line at that point; `vaekit doctor` lists the ones missing here.
 MAY_USE: dict[str, tuple[str, ...]] = {
     "train": ("sklearn",),  # --data digits
     "eval": ("sklearn",),
-    "export": ("sklearn", "tensorrt", "cuda"),  # --trt
-    "parity": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors"),  # per artifact; --checkpoint
-    "generate": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors"),
-    "reconstruct": ("onnxruntime", "openvino", "tensorrt", "torch", "safetensors", "sklearn"),
+    "export": ("sklearn", "tensorrt", "cuda", "executorch", "torchao", "ncnn", "pnnx"),  # --trt, --executorch, --ncnn
+    "parity": RUNTIMES,  # per artifact; --checkpoint
+    "generate": RUNTIMES,
+    "reconstruct": (*RUNTIMES, "sklearn"),
     "build-engine": ("tensorrt", "cuda"),  # cuda: device buffers where torch is absent
-    "bench": ("openvino", "tensorrt", "torch", "safetensors"),
+    "bench": ("openvino", "tensorrt", "torch", "safetensors", "executorch", "ncnn"),
 }
 
 

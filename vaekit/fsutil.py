@@ -203,3 +203,39 @@ def _remove_if_only_lock(directory: Path, lock_path: Path, created: bool) -> Non
             lock_path.unlink()
             if created:
                 directory.rmdir()
+
+
+class Captured:
+    """What C++ code printed to fd 1 and 2 inside `captured_output()`: shown only when it explains a failure."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def last_line(self) -> str:
+        lines = [line.strip() for line in self.text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Captured]:
+    """Redirect fd 1 and 2 to a temporary file (C++ libraries print there, past sys.stdout), then restore them."""
+    import sys
+
+    captured = Captured()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as log:
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            log.seek(0)
+            captured.text = log.read()

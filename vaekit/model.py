@@ -146,7 +146,8 @@ class ConvVAE(VAE):
         )
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = torch.flatten(self.encoder(x), start_dim=1)
+        # reshape(-1, K), not flatten: a reshape with a symbolic batch keeps ExecuTorch's XNNPACK graph whole
+        h = self.encoder(x).reshape(-1, self.fc_mu.in_features)
         return self.fc_mu(h), self.fc_var(h)
 
     def decode_raw(self, z: Tensor) -> Tensor:
@@ -168,7 +169,7 @@ class MLPVAE(VAE):
         self.fc4 = nn.Linear(hidden, n_pixels)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = F.relu(self.fc1(torch.flatten(x, start_dim=1)))
+        h = F.relu(self.fc1(x.reshape(-1, self.fc1.in_features)))
         return self.fc_mu(h), self.fc_var(h)
 
     def decode_raw(self, z: Tensor) -> Tensor:

@@ -25,13 +25,16 @@ import numpy as np
 from vaekit.data import to_float
 from vaekit.errors import UsageError, VaekitError
 from vaekit.runtimes.artifacts import (
+    MOBILE_PRECISIONS,
     PRECISION_SUFFIX,
     Role,
     cpu_graph_name,
     load_inputs,
     manifest_checkpoint,
+    ncnn_name,
     onnx_name,
     plan_name,
+    pte_name,
 )
 from vaekit.runtimes.backends.onnxrt import cpu_cores
 from vaekit.runtimes.base import Decoder, Encoder
@@ -41,6 +44,7 @@ from vaekit.runtimes.proving.parity import ParityReport, compare_decoder, compar
 from vaekit.runtimes.registry import BACKENDS, describe
 
 GRAPHS = ("decoder", "encoder")
+MOBILE = {"pte": (pte_name, "--executorch"), "ncnn": (ncnn_name, "--ncnn")}  # artifact kind -> file name, flag
 INPUT_SEED = 0
 GEMM_N = 1024  # the ceiling probe: one fp32 1024^3 MatMul on ONNX Runtime, same threads
 GEMM_PROBE = "gemm"
@@ -54,7 +58,7 @@ class Peer:
     name: str
     backend: str
     device: str
-    artifacts: str  # checkpoint | onnx (every precision graph) | onnx-fp32 | cpu-graph | plan
+    artifacts: str  # checkpoint | onnx (every precision graph) | onnx-fp32 | cpu-graph | plan | pte | ncnn
     options: tuple[tuple[str, Any], ...] = ()
     precision: str = ""  # a runtime-side precision (bf16 autocast, OpenVINO's hint); "" = the artifact's own
     calibrate: bool = False  # quantize in memory on the parity inputs (NNCF), as an OpenVINO user would
@@ -80,6 +84,8 @@ PEERS = {
         Peer("onnxruntime-cuda", "onnxrt", "cuda", "onnx"),
         Peer("onnxruntime-tensorrt", "onnxrt", "tensorrt", "onnx"),
         Peer("tensorrt", "trt", "cuda", "plan"),
+        Peer("executorch", "executorch", "cpu", "pte"),  # what a phone app links, here on this CPU
+        Peer("ncnn", "ncnn", "cpu", "ncnn"),
     )
 }
 ON_REQUEST = ("onnxruntime-as-stored", "onnxruntime-cpu-graph", "openvino-cpu-graph", "openvino-fp16")
@@ -198,6 +204,11 @@ def _targets(peer: Peer, artifact_dir: Path, settings: BenchSettings) -> tuple[l
         graphs = [(g, peer.precision or "fp32", artifact_dir / cpu_graph_name(g)) for g in settings.graphs]
         found = [t for t in graphs if t[2].is_file()]
         return found, "" if found else "no CPU graphs in this directory (re-export)"
+    if peer.artifacts in MOBILE:
+        name, flag = MOBILE[peer.artifacts]
+        mobile = [(g, p, artifact_dir / name(g, p)) for g in settings.graphs for p in MOBILE_PRECISIONS[peer.backend]]
+        found = [t for t in mobile if t[2].is_file()]
+        return found, "" if found else f"no {peer.backend} artifacts in this directory (vaekit export {flag})"
     precisions = ["fp32"] if peer.artifacts == "onnx-fp32" else list(PRECISION_SUFFIX)
     graphs = [(g, p, artifact_dir / onnx_name(g, p)) for g in settings.graphs for p in precisions]
     return [(g, peer.precision or p, path) for g, p, path in graphs if path.is_file()], ""
@@ -379,15 +390,5 @@ def pick_best(rows: list[Row]) -> list[dict[str, Any]]:
         key = (row.graph, row.batch)
         if key not in best or row.p50_ms < (best[key].p50_ms or float("inf")):
             best[key] = row
-    return [
-        {
-            "graph": r.graph,
-            "batch": r.batch,
-            "runtime": r.runtime,
-            "precision": r.precision,
-            "artifact": r.artifact,
-            "p50_ms": r.p50_ms,
-            "parity": r.parity,
-        }
-        for _, r in sorted(best.items())
-    ]
+    keys = ("graph", "batch", "runtime", "precision", "artifact", "p50_ms", "parity")
+    return [{k: getattr(r, k) for k in keys} for _, r in sorted(best.items())]

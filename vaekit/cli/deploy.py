@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import numpy as np
 import typer
 from rich.markup import escape
 
 from vaekit.cli.app import DEPLOY_PANEL, PARTIAL, command, err_console, fail, note, out_console, wrote
-from vaekit.cli.tables import key_value_table, parity_table
+from vaekit.cli.tables import graph_notes, key_value_table, parity_table
 from vaekit.config import (
     DEFAULT_ARTIFACTS,
     DEFAULT_CALIBRATION_IMAGES,
@@ -23,7 +23,6 @@ from vaekit.config import (
 from vaekit.errors import VaekitError
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text
 from vaekit.runtimes.base import Decoder, Encoder
-from vaekit.runtimes.cpu import TARGET_CLASSES
 from vaekit.runtimes.proving.parity import ParityReport
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 DEVICE_HELP = "cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider); default: the artifact's own (.plan: cuda)."
 ALL_DEVICES = "cpu,cuda,tensorrt,wasm"
-RUNTIME_HELP = "pyt, onnxrt, openvino, trt; auto: the fastest verified one `vaekit bench --record` measured here."
+RUNTIME_HELP = "pyt, onnxrt, openvino, trt, executorch, ncnn; auto: the fastest verified one `bench --record` measured."
 # The options every command that loads an artifact shares.
 DeviceOption = Annotated[str | None, typer.Option(help=DEVICE_HELP)]
 TrustOption = Annotated[bool, typer.Option("--trust", help="Load an artifact whose hash does not match its manifest.")]
@@ -103,6 +102,10 @@ def export(
     ] = False,
     data: Annotated[str | None, typer.Option(help="Images for parity/calibration; default: the run's data.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out.")] = False,
+    executorch: Annotated[
+        bool, typer.Option("--executorch", help="Also write XNNPACK .pte programs (+ int8 ones with --int8).")
+    ] = False,
+    ncnn: Annotated[bool, typer.Option("--ncnn", help="Also write ncnn nets (fp32, and fp16 where it fits).")] = False,
     web: Annotated[
         bool,
         typer.Option("--web", help="Also write web/: the latent-space explorer page, the graphs, ONNX Runtime Web."),
@@ -121,7 +124,9 @@ def export(
         from vaekit.export.web.bundle import check_runtime_dir
 
         check_runtime_dir(out, web_runtime_dir)  # before the export replaces out/web
-    options = ExportOptions(max_batch, precision, int8, int8_target, calibration_images, trt, data, overwrite)
+    options = ExportOptions(
+        max_batch, precision, int8, int8_target, calibration_images, trt, data, overwrite, executorch, ncnn
+    )
     result = export_artifacts(
         checkpoint,
         out,
@@ -134,7 +139,7 @@ def export(
         raise VaekitError(
             f"{result.report.failure()}{where}; {out} left unchanged, the artifacts are kept in {result.out_dir}"
         )
-    for line in _graph_notes(result.details):
+    for line in graph_notes(result.details):
         note(line)
     out_console.print(f"[green]parity passed[/]: artifacts in {out}/ ({sum(result.steps.values()):.1f} s)")
     if web:
@@ -148,35 +153,6 @@ def export(
         raise fail(
             f"not every precision asked for passed: the rest is in {out}/, the failed graphs in {rejected}/", PARTIAL
         )
-
-
-def _graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per derived graph: what the fp16 headroom, bf16 rounding, int8 calibration and rewrites decided."""
-    lines = []
-    for kind in ("cpu", "web"):
-        for role, rewrites in details.get(f"{kind}_graphs", {}).items():
-            lines.append(f"{role}.{kind}.onnx: {'; '.join(rewrites)}")
-    for r in details.get("fp16", {}).values():
-        kept = ", ".join([b["node"] for b in r["blocked"]] + r.get("kept_fp32_by_budget", [])) or "none"
-        lines.append(
-            f"{r['file']}: {r['nodes']['fp16']} nodes fp16, kept fp32: {kept}; "
-            f"min headroom {r['min_headroom_fp16']:g}x below 65504 ({r['tightest_fp16_node'] or '-'})"
-        )
-    for r in details.get("bf16", {}).values():
-        psnr = r["bf16_arithmetic"].get("image", {}).get("psnr")
-        lines.append(
-            f"{r['file']}: {r['nodes']['bf16']} nodes bf16 (opset {r['opset']})"
-            + (f"; image {psnr:.1f} dB in bf16 arithmetic" if psnr is not None else "")
-        )
-    for r in details.get("int8", {}).values():
-        kept = ", ".join(r["fp32_layers"]) or "none"
-        classes = r.get("cpu_classes", {})
-        holds = TARGET_CLASSES.get(classes.get("target", ""), ())
-        lines.append(
-            f"{r['file']}: {r['quantized_layers']} layers int8 ({r['scheme']}), kept float: {kept}; "
-            f"calibration: {r['calibration']}; for {', '.join(holds)} CPUs (measured on {classes.get('measured_on')})"
-        )
-    return lines
 
 
 @command(DEPLOY_PANEL)

@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from vaekit.runtimes.cpu import TARGET_CLASSES
 from vaekit.runtimes.measuring.bench import BenchReport
 from vaekit.runtimes.proving.parity import ParityReport
 
@@ -113,3 +114,39 @@ def key_value_table(title: str, data: dict[str, Any]) -> Table:
     for key, value in _rows(data):
         table.add_row(escape(key), escape(value))
     return table
+
+
+def graph_notes(details: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per derived graph: what the fp16 headroom, bf16 rounding, int8 calibration and rewrites decided."""
+    lines = []
+    for kind in ("cpu", "web"):
+        for role, rewrites in details.get(f"{kind}_graphs", {}).items():
+            lines.append(f"{role}.{kind}.onnx: {'; '.join(rewrites)}")
+    for r in details.get("fp16", {}).values():
+        kept = ", ".join([b["node"] for b in r["blocked"]] + r.get("kept_fp32_by_budget", [])) or "none"
+        lines.append(
+            f"{r['file']}: {r['nodes']['fp16']} nodes fp16, kept fp32: {kept}; "
+            f"min headroom {r['min_headroom_fp16']:g}x below 65504 ({r['tightest_fp16_node'] or '-'})"
+        )
+    for r in details.get("bf16", {}).values():
+        psnr = r["bf16_arithmetic"].get("image", {}).get("psnr")
+        lines.append(
+            f"{r['file']}: {r['nodes']['bf16']} nodes bf16 (opset {r['opset']})"
+            + (f"; image {psnr:.1f} dB in bf16 arithmetic" if psnr is not None else "")
+        )
+    for r in details.get("int8", {}).values():
+        kept = ", ".join(r["fp32_layers"]) or "none"
+        classes = r.get("cpu_classes", {})
+        holds = TARGET_CLASSES.get(classes.get("target", ""), ())
+        lines.append(
+            f"{r['file']}: {r['quantized_layers']} layers int8 ({r['scheme']}), kept float: {kept}; "
+            f"calibration: {r['calibration']}; for {', '.join(holds)} CPUs (measured on {classes.get('measured_on')})"
+        )
+    for name, r in details.get("executorch", {}).items():
+        lines.append(f"{name}: whole graph in {r['delegates']} XNNPACK delegate, {r['bytes'] / 1e6:.2f} MB")
+    ncnn = details.get("ncnn", {})
+    for name, r in ncnn.get("files", {}).items():
+        lines.append(f"{name} + .bin: {r['bytes'] / 1e6:.2f} MB")
+    for role, why in ncnn.get("fp16_skipped", {}).items():
+        lines.append(f"{role}: {why}")
+    return lines
