@@ -88,3 +88,31 @@ def test_parity_between_onnx_artifacts_and_bench_without_torch(int8_art: Path, t
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert {r["runtime"] for r in rows if r["p50_ms"]} == {"onnxruntime"}
     assert "PyTorch not installed" in next(r["note"] for r in rows if r["runtime"] == "pytorch")
+
+
+# The ncnn device install: numpy + ncnn + pillow, no torch and no other runtime.
+NCNN_ONLY = PRELUDE.replace(
+    "'onnxscript')", "'onnxscript', 'onnxruntime', 'openvino', 'tensorrt', 'executorch', 'pnnx')"
+)
+
+
+def test_an_ncnn_device_generates_and_checks_itself_against_the_golden_outputs(conv_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ncnn", reason="ncnn is in the ncnn and mobile extras")
+    from vaekit.export.pipeline import export_artifacts
+
+    art = tmp_path / "art"
+    assert export_artifacts(conv_run, art, max_batch=8, ncnn=True).report.passed
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", NCNN_ONLY, *args], capture_output=True, text=True, timeout=120)
+
+    png = tmp_path / "g.png"
+    result = run("generate", "--engine", str(art / "decoder.ncnn.param"), "--n", "8", "--out", str(png))
+    assert result.returncode == 0, result.stderr
+    assert png.is_file()
+    result = run("parity", str(art), "--devices", "cpu", "--json", str(tmp_path / "p.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["reference"]["backend"] == "golden" and report["passed"]
+    assert {c["runtime"] for c in report["cases"]} == {"ncnn-cpu-fp32", "ncnn-cpu-fp16"}  # nothing else runs here
+    assert any("onnxruntime" in s and "not installed" in s for s in report["skipped"])

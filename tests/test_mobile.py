@@ -112,7 +112,18 @@ def test_generate_info_and_bench_take_mobile_artifacts(mobile_art: tuple[Path, d
         assert "sha256 matches manifest.json" in result.output and png.stat().st_size > 100
     result = runner.invoke(app, ["info", str(out / "encoder.fp16.ncnn.param")])
     assert result.exit_code == 0 and "ncnn" in result.output and "fp16" in result.output
-    args = ["bench", str(out), "--batch-sizes", "1,8", "--runtimes", "executorch,ncnn", "--min-runs", "3"]
+    args = [
+        "bench",
+        str(out),
+        "--batch-sizes",
+        "1,8",
+        "--runtimes",
+        "executorch,ncnn",
+        "--min-runs",
+        "3",
+        "--threads",
+        "1",
+    ]
     args += ["--min-seconds", "0", "--max-seconds", "1", "--json", str(tmp_path / "b.json")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

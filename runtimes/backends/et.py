@@ -33,16 +33,22 @@ def status(device: str) -> str:
 
 
 @functools.cache
-def _runtime() -> Any:
+def _executorch() -> tuple[Any, Any]:
+    """ExecuTorch's Runtime and its pybindings, imported without the noise their imports make."""
     for name in ("torchao", "torch.utils._pytree"):  # optional CUDA kernels; a deprecation notice on import
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():  # "this API is experimental": the runtime a phone app links is not
             warnings.simplefilter("ignore")
+            from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
     except ImportError:
         raise VaekitError(f"ExecuTorch is not installed: {INSTALL}") from None
-    return Runtime.get()
+    return Runtime.get(), portable_lib
+
+
+def _runtime() -> Any:
+    return _executorch()[0]
 
 
 def _info(path: Path, sidecar: dict[str, Any]) -> ArtifactInfo:
@@ -93,20 +99,34 @@ class PteDecoder(Decoder):
         return self.runner.run(z)[0]
 
 
-def _set_threads(threads: int) -> None:
-    """XNNPACK's pool is process-wide and sized to every core; the pybindings offer a reset (no public API)."""
-    from executorch.extension.pybindings import portable_lib
+_loaded: list[Path] = []  # programs loaded in this process: XNNPACK keeps a pointer to the pool they started with
 
+
+def _set_threads(threads: int) -> None:
+    """XNNPACK's pool is process-wide and sized to every core; the pybindings offer a reset (no public API),
+    safe only before any program runs on the old pool (a reset under a loaded program crashed its next run)."""
+    portable_lib = _executorch()[1]
     reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
-    if reset is not None and portable_lib._threadpool_get_thread_count() != threads:
+    with captured_output():  # creating the pool logs its CPU probing
+        current = portable_lib._threadpool_get_thread_count()
+    if reset is None or current == threads:
+        return
+    if _loaded:
+        raise VaekitError(
+            f"ExecuTorch's thread pool is process-wide and {_loaded[0].name} already runs on it: "
+            f"load programs with {threads} threads in a fresh process"
+        )
+    with captured_output():  # it logs the reset
         reset(threads)
 
 
 def load(path: Path, role: Role, device: str, threads: int | None = None) -> Encoder | Decoder:
-    """threads: the size of XNNPACK's (process-wide) thread pool; default: every core."""
-    runner = PteRunner(path, role)
+    """threads: the size of XNNPACK's (process-wide) thread pool, set before the first program loads;
+    default: every core."""
     if threads:
         _set_threads(threads)
+    runner = PteRunner(path, role)
+    _loaded.append(path)
     return PteEncoder(runner) if role == "encoder" else PteDecoder(runner)
 
 
