@@ -60,9 +60,11 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         **report.to_json(),
         "export_details": {k: result.details.get(k) for k in ("executorch", "ncnn")},
+        "not_published": result.dropped,
     }
     (HERE / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     notes = [f"- {r.runtime} {r.graph}: {r.note}" for r in report.rows if r.note and not r.p50_ms]
+    notes += [f"- not published: {name}: {why}" for name, why in result.dropped.items()]
     title = f"# Mobile runtimes on {cpu_model()} ({settings.threads} threads), {data['date']}"
     text = [title, "", *_table(report.rows), ""]
     (HERE / "RESULTS.md").write_text("\n".join([*text, *notes, ""]))

@@ -34,11 +34,13 @@ from vaekit.export.tensorrt.engines import FLOAT_GRAPHS, float_converter
 from vaekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_to_replace, run_lock
 from vaekit.runtimes.artifacts import (
     ENGINE_SUFFIXES,
+    NCNN_PARAM_SUFFIX,
     ONNX_SUFFIX,
     PARITY_INPUTS,
     PARITY_JSON,
     PARITY_PNG,
     PRECISIONS,
+    PTE_SUFFIX,
     ROLES,
     cpu_graph_name,
     is_artifact_dir,
@@ -203,6 +205,7 @@ TRY = {
     "int8": "try --int8-target vnni where every device has VNNI/AMX or is ARM64, or more --calibration-images",
     "fp16": "use the bf16 or fp32 graph; fp16's range is what broke",
     "bf16": "use the fp16 or fp32 graph",
+    "int8 .pte": "neither calibration held (typical latents, then stress ones too); the fp32 .pte stays",
 }
 
 
@@ -223,7 +226,8 @@ def drop_failed_precisions(report: ParityReport, details: dict[str, Any]) -> tup
             why[summary["file"]] = f"no int8 scheme met the int8 tolerance{where} ({first}); {TRY['int8']}"
     for case in report.cases:
         if case.broken and _precision_artifact(case):
-            hint = TRY[case.runtime.rsplit("-", 1)[-1]]
+            precision = case.runtime.rsplit("-", 1)[-1]
+            hint = TRY[f"{precision} .pte" if case.path.endswith(PTE_SUFFIX) else precision]
             why.setdefault(case.path, f"{case.runtime} {case.output}: {case.broken[0]}; {hint}")
     if not why:
         return report, {}
@@ -246,7 +250,7 @@ def diagnose(staging: Path, report: ParityReport, reference: References) -> str:
     from vaekit.runtimes.proving.layerwise import compare_layers
 
     broken = next((c for c in report.cases if c.broken), None)
-    if broken is None or not broken.path.endswith(ONNX_SUFFIX):
+    if broken is None or not broken.path.endswith((ONNX_SUFFIX, NCNN_PARAM_SUFFIX)):  # what exposes its layers
         return ""
     path = staging / broken.path
     model = reference[0] if broken.output in ("mu", "log_var") else reference[1]

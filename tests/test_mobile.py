@@ -186,3 +186,39 @@ def test_the_mlp_architecture_lowers_whole_too(mlp_run: Path, tmp_path: Path) ->
     decoded = load_decoder(tmp_path / "decoder.pte").decode(z)
     reference = load_decoder(mlp_run).decode(z)
     assert np.abs(decoded - reference).max() <= 1e-4
+
+
+def test_layerwise_walks_an_ncnn_net_and_names_the_layer_whose_weights_were_changed(
+    mobile_art: tuple[Path, dict], conv_run: Path, tmp_path: Path
+) -> None:
+    from vaekit.export.mobile.sidecar import write_sidecar
+    from vaekit.runtimes.artifacts import read_sidecar
+    from vaekit.runtimes.proving.layerwise import compare_layers
+
+    out, _ = mobile_art
+    clean = compare_layers(out / "decoder.ncnn.param", conv_run)
+    compared = [layer for layer in clean.layers if layer.metrics]
+    assert clean.passed and len(compared) >= 4 and compared[-1].module == "output image"
+    assert all(layer.metrics["max_abs"] < 1e-4 for layer in compared)  # fp32 nets: every blob, not just outputs
+    subprocess.run(["cp", "-r", str(out), str(tmp_path / "art")], check=True)
+    param = tmp_path / "art" / "decoder.ncnn.param"
+    second = clean.layers[1]  # scale the second weighted layer's weights by 1.01 (its bias untouched)
+    weights = np.frombuffer(ncnn_bin(param).read_bytes(), np.uint8).copy()
+    offset = 0  # the .bin: per weighted layer a 4-byte flag, its weights, then its bias (fp32 net)
+    for tokens in (line.split() for line in param.read_text().splitlines()[2:]):
+        keys = {"InnerProduct": ("2", "1")}.get(tokens[0], ("6", "5"))  # weight count, bias flag
+        params = dict(t.split("=", 1) for t in tokens if "=" in t and not t.startswith("-"))
+        if tokens[0] not in ("Convolution", "Deconvolution", "InnerProduct"):
+            continue
+        count, bias = int(params[keys[0]]), 4 * int(params["0"]) * int(params.get(keys[1], "0"))
+        if tokens[1] == second.onnx_node:
+            weights[offset + 4 : offset + 4 + 4 * count].view(np.float32)[:] *= 1.01
+        offset += 4 + 4 * count + bias
+    assert offset == len(weights)
+    ncnn_bin(param).write_bytes(weights.tobytes())
+    sidecar = read_sidecar(param)
+    assert sidecar is not None
+    write_sidecar(param, sidecar["graph_metadata"], blobs=sidecar["blobs"])
+    broken = compare_layers(param, conv_run)
+    assert not broken.passed and broken.first_divergence is not None
+    assert broken.first_divergence["module"] == second.module  # not the first layer, not only the output

@@ -26,7 +26,7 @@ from vaekit.export.mobile.sidecar import write_sidecar
 from vaekit.export.onnx import ANSI, DecoderGraph, EncoderGraph, graph_metadata
 from vaekit.fsutil import atomic_write_bytes, captured_output
 from vaekit.runtimes.artifacts import Role, pte_name
-from vaekit.runtimes.proving.parity import typical_rows
+from vaekit.runtimes.proving.parity import TOLERANCES, judge, judged_as, metrics, typical_rows
 
 DELEGATE = "executorch_call_delegate"
 INSTALL = "pip install 'vaekit[mobile]'"
@@ -94,15 +94,47 @@ def _lower(program: Any) -> tuple[bytes, int, list[str]]:
     return edge.to_executorch().buffer, delegates, outside
 
 
-def calibration_batches(run: Run, role: Role, images: np.ndarray, z: np.ndarray, size: int) -> list[torch.Tensor]:
-    """The inputs the graph sees in use: real images for the encoder; for the decoder, the latents those
-    images encode to (mu) and the typical prior samples of z (stress latents are left to clip)."""
+CALIBRATIONS = ("typical", "typical+stress")  # tried in turn for int8, the first that holds is kept
+
+
+def check_inputs(run: Run, role: Role, images: np.ndarray, z: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The inputs the graph sees in use, and which of them are typical: real images for the encoder; for the
+    decoder, the latents those images encode to (mu) and the parity latents z (|z| = 4 ones are stress)."""
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    if role == "decoder":
-        with torch.no_grad():
-            mu = run.model.eval().encode(x)[0]
-        x = torch.cat([mu, torch.from_numpy(z[typical_rows(z)])])
-    return [x[i : i + size] for i in range(0, len(x), size)]
+    if role == "encoder":
+        return x, np.ones(len(x), bool)
+    with torch.no_grad():
+        mu = run.model.eval().encode(x)[0]
+    return torch.cat([mu, torch.from_numpy(z)]), np.concatenate([np.ones(len(mu), bool), typical_rows(z)])
+
+
+def _broken(
+    data: bytes,
+    module: nn.Module,
+    x: torch.Tensor,
+    typical: np.ndarray,
+    max_batch: int,
+    value_range: tuple[float, float],
+) -> list[str]:
+    """The int8 tolerances the lowered program breaks on the check inputs, judged as parity judges them."""
+    from executorch.runtime import Runtime
+
+    with captured_output():
+        method = Runtime.get().load_program(data).load_method("forward")
+        got = [method.execute([x[i : i + max_batch]]) for i in range(0, len(x), max_batch)]
+    with torch.no_grad():
+        ref = module(x)
+    outputs = [torch.cat(parts).numpy() for parts in zip(*got, strict=True)]
+    refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+    names = ("mu", "log_var") if len(refs) == 2 else ("image",)
+    broken = []
+    for name, r, g in zip(names, refs, outputs, strict=True):
+        for stress, rows in ((False, typical), (True, ~typical)):
+            if rows.any():
+                row = TOLERANCES[("int8", "cpu")][judged_as(name, stress)]
+                m = metrics(r[rows], g[rows], value_range if name == "image" else None)
+                broken += [f"{judged_as(name, stress)}: {b}" for b in judge(m, row)]
+    return broken
 
 
 def _program(
@@ -113,20 +145,37 @@ def _program(
     precision: str,
     calibration: np.ndarray | None,
     z: np.ndarray,
-) -> tuple[bytes, int, list[str]]:
-    """The lowered program that runs every batch in 1..max_batch (b"" when no bound tried does)."""
-    for bound in (max_batch, max_batch + 1, max_batch + 2):
-        example = _example(run, role, bound)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = _export(module.eval(), example, bound)
-            if calibration is not None and precision == "int8":
-                batches = calibration_batches(run, role, calibration, z, min(max_batch, 32))
-                program = _quantize(program, example, batches, bound)
-            data, delegates, outside = _lower(program)
-        if not _refused_batches(data, example, max_batch):
-            return data, delegates, outside
-    return b"", 0, []
+) -> tuple[bytes, dict[str, Any]]:
+    """The lowered program that runs every batch in 1..max_batch (b"" when no bound tried does) and what it is:
+    delegates, ops outside them and, for int8, the calibration kept and what it still breaks."""
+    x, typical = check_inputs(run, role, calibration, z) if calibration is not None else (torch.empty(0), np.ones(0))
+    found: tuple[bytes, dict[str, Any]] = (b"", {})
+    for calibrated in CALIBRATIONS if precision == "int8" else ("",):
+        for bound in (max_batch, max_batch + 1, max_batch + 2):
+            example = _example(run, role, bound)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = _export(module.eval(), example, bound)
+                if calibrated:  # stress latents clip under "typical"; "typical+stress" stretches ranges for them
+                    rows = x if calibrated == "typical+stress" else x[torch.from_numpy(typical)]
+                    step = min(max_batch, 32)
+                    batches = [rows[i : i + step] for i in range(0, len(rows), step)]
+                    program = _quantize(program, example, batches, bound)
+                data, delegates, outside = _lower(program)
+            if not _refused_batches(data, example, max_batch):
+                break
+        else:
+            return found
+        about: dict[str, Any] = {"delegates": delegates, "outside": outside}
+        if calibrated:
+            broken = _broken(data, module, x, typical, max_batch, run.cfg.model.value_range)
+            about |= {"calibration": f"{calibrated} ({len(x)} check inputs)", "broken": broken}
+            if broken and (not found[0] or len(broken) < len(found[1]["broken"])):
+                found = data, about
+            if broken:
+                continue
+        return data, about
+    return found
 
 
 def export_pte(
@@ -148,7 +197,7 @@ def export_pte(
             t0 = time.perf_counter()
             path = out_dir / pte_name(role, precision)
             try:
-                data, delegates, outside = _program(run, role, module, max_batch, precision, calibration, z)
+                data, about = _program(run, role, module, max_batch, precision, calibration, z)
             except VaekitError:
                 raise
             except Exception as exc:  # torch.export and the lowering raise many types: the graph did not lower
@@ -158,6 +207,7 @@ def export_pte(
                 raise VaekitError(f"ExecuTorch export of {path.name} failed: {first}") from None
             if not data:
                 raise VaekitError(f"{path.name}: ExecuTorch's program refuses some batch sizes in 1..{max_batch}")
+            delegates, outside = about["delegates"], about["outside"]
             if delegates != 1 or outside:
                 left = f"; outside it: {', '.join(sorted(set(outside)))}" if outside else ""
                 raise VaekitError(
@@ -167,5 +217,6 @@ def export_pte(
             atomic_write_bytes(path, data)
             meta = graph_metadata(run.cfg, role, run.sha256, max_batch, precision)
             write_sidecar(path, {**meta, "graph": "executorch-xnnpack"}, delegates=delegates)
-            done[path.name] = {"delegates": delegates, "bytes": len(data), "seconds": time.perf_counter() - t0}
+            about.pop("outside")
+            done[path.name] = {**about, "bytes": len(data), "seconds": time.perf_counter() - t0}
     return done

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ FP16_TAG = 0x01306B47  # the 4-byte flag before an fp16 weight blob in a .bin (0
 ELEMENTWISE = {"ReLU", "Sigmoid", "TanH", "ELU", "Clip", "Swish", "HardSigmoid", "HardSwish", "Mish", "GELU"}
 LIMIT = 1 << 26  # elements in one blob or weight: far above any vaekit model, far below a hostile count
 Shape = tuple[int, ...]  # (w,), (h, w) or (c, h, w), as ncnn's Mat holds them
+
+
+@dataclass(frozen=True)
+class NetLayer:
+    """One layer of a checked net: what layerwise parity compares (its first output blob and that blob's shape)."""
+
+    name: str
+    kind: str
+    blob: str
+    shape: Shape
+    weighted: bool
 
 
 def _bad(path: Path, why: str) -> VaekitError:
@@ -132,9 +144,9 @@ def _weights_end(data: bytes, offset: int, count: int, precision: str) -> int:
     return offset + 4 + (4 * count if flag == 0 else (2 * count + 3) // 4 * 4)
 
 
-def check_net(path: Path, data: bytes, info: ArtifactInfo) -> None:
+def check_net(path: Path, data: bytes, info: ArtifactInfo) -> list[NetLayer]:
     """Walk the param as ncnn would: counts, blob wiring, every blob's shape from the input's, and each weighted
-    layer's share of the .bin (`data`), so nothing ncnn's parser would crash on reaches it."""
+    layer's share of the .bin (`data`), so nothing ncnn's parser would crash on reaches it. Returns the layers."""
     outputs = BLOBS[info.role][1]
     shape_in: Shape = info.image_shape if info.role == "encoder" else (info.latent_dim,)
     try:
@@ -145,6 +157,7 @@ def check_net(path: Path, data: bytes, info: ArtifactInfo) -> None:
         if n_layers != len(lines) - 2 or not 1 <= n_blobs <= 4096:
             raise ValueError(f"{len(lines) - 2} layers listed, {n_layers} declared")
         shapes: dict[str, Shape] = {}
+        layers: list[NetLayer] = []
         offset = 0
         for tokens in lines[2:]:
             kind, n_in, n_out = tokens[0], int(tokens[2]), int(tokens[3])
@@ -166,6 +179,7 @@ def check_net(path: Path, data: bytes, info: ArtifactInfo) -> None:
                 if blob in shapes:
                     raise ValueError(f"blob {blob!r} written twice")
                 shapes[blob] = new
+            layers.append(NetLayer(tokens[1], kind, blobs[n_in], new, bool(weights)))
         if len(shapes) != n_blobs or "in0" not in shapes or any(o not in shapes for o in outputs):
             raise ValueError(f"{len(shapes)} blobs for {n_blobs} declared, or no in0 / {', '.join(outputs)}")
         if offset != len(data):
@@ -174,6 +188,7 @@ def check_net(path: Path, data: bytes, info: ArtifactInfo) -> None:
         wrong = [f"{o} {shapes[o]}" for o in outputs if shapes[o] != expected]
         if wrong:
             raise ValueError(f"outputs {', '.join(wrong)} where the sidecar says {expected}")
+        return layers
     except (ValueError, IndexError, UnicodeDecodeError, OSError, OverflowError) as exc:
         raise _bad(path, str(exc)) from None
 
@@ -199,23 +214,27 @@ class NcnnRunner:
                 setattr(self.net.opt, option, self.info.precision == "fp16")
         if threads:
             self.net.opt.num_threads = threads
-        check_net(path, ncnn_bin(path).read_bytes(), self.info)
+        self.layers = check_net(path, ncnn_bin(path).read_bytes(), self.info)
         if self.net.load_param(str(path)) != 0 or self.net.load_model(str(ncnn_bin(path))) != 0:
             raise VaekitError(f"ncnn cannot load {path.name} and {ncnn_bin(path).name}: re-export")
         self.input, self.outputs = BLOBS[role]
-        self.size = self.info.latent_dim if role == "encoder" else math.prod(self.info.image_shape)
 
-    def run(self, array: np.ndarray) -> list[np.ndarray]:
-        results: list[list[np.ndarray]] = [[] for _ in self.outputs]
+    def run(self, array: np.ndarray, blobs: tuple[str, ...] = ()) -> list[np.ndarray]:
+        """The outputs (then `blobs`, intermediate ones) for each image of the batch, stacked."""
+        names = (*self.outputs, *blobs)
+        sizes = {layer.blob: math.prod(layer.shape) for layer in self.layers}
+        results: list[list[np.ndarray]] = [[] for _ in names]
         for item in array:
             extractor = self.net.create_extractor()
+            if blobs:  # light mode frees each blob once read: layerwise reads them all
+                extractor.set_light_mode(False)
             extractor.input(self.input, self.ncnn.Mat(np.ascontiguousarray(item)))
-            for name, found in zip(self.outputs, results, strict=True):
+            for name, found in zip(names, results, strict=True):
                 code, mat = extractor.extract(name)
                 if code != 0:
                     raise VaekitError(f"ncnn failed to run {Path(self.info.path).name}: no blob {name} (code {code})")
                 found.append(np.array(mat))
-                if found[-1].size != self.size:  # check_net inferred it: a net that lied about its shapes
+                if found[-1].size != sizes.get(name):  # check_net inferred it: a net that lied about its shapes
                     raise VaekitError(f"ncnn returned {found[-1].shape} from {Path(self.info.path).name}")
         return [np.stack(found).astype(np.float32, copy=False) for found in results]
 
@@ -241,6 +260,18 @@ def load(path: Path, role: Role, device: str, threads: int | None = None) -> Enc
     """threads: ncnn's worker threads (default: every core)."""
     runner = NcnnRunner(path, role, threads)
     return NcnnEncoder(runner) if role == "encoder" else NcnnDecoder(runner)
+
+
+def capture_tensors(
+    path: Path, device: str, names: list[str], x: np.ndarray, threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """ncnn's value of each blob in `names` (and of the outputs) for layerwise parity: ncnn exposes every blob."""
+    runner = NcnnRunner(path, sidecar_metadata(path)["graph_metadata"]["role"], threads)
+    wanted = tuple(n for n in dict.fromkeys(names) if n not in runner.outputs)
+    values = runner.run(x, wanted)
+    shapes = {layer.blob: layer.shape for layer in runner.layers}
+    names_out = (*runner.outputs, *wanted)
+    return {n: v.reshape(len(x), *shapes[n]) for n, v in zip(names_out, values, strict=True)}
 
 
 def describe(path: Path, role: Role = "decoder") -> ArtifactInfo:

@@ -173,7 +173,9 @@ def parity(
     ] = None,
     layerwise: Annotated[
         bool,
-        typer.Option("--layerwise", help="Compare every layer of each ONNX graph and name the first that diverges."),
+        typer.Option(
+            "--layerwise", help="Compare every layer of each ONNX graph and ncnn net; name the first that diverges."
+        ),
     ] = False,
 ) -> None:
     """Compare every artifact on every runtime here against the reference; exit 1 if a tolerance breaks."""
@@ -204,21 +206,22 @@ def parity(
 
 
 def _layerwise(artifacts: Path, checkpoint: Path | None) -> list[LayerwiseReport]:
-    """Every ONNX graph of the directory, layer by layer on ONNX Runtime CPU, against the PyTorch model (or,
-    without a checkpoint, the fp32 graph): a table each, an error-per-layer PNG each, the first divergence."""
+    """Every ONNX graph (on ONNX Runtime CPU) and ncnn net of the directory, layer by layer, against the PyTorch
+    model (or, without a checkpoint, the fp32 graph): a table each, an error-per-layer PNG each, the first
+    divergence."""
     from rich.table import Table
 
-    from vaekit.runtimes.artifacts import ONNX_SUFFIX, artifact_dir_of, artifact_files
+    from vaekit.runtimes.artifacts import NCNN_PARAM_SUFFIX, ONNX_SUFFIX, artifact_dir_of, artifact_files
     from vaekit.runtimes.proving.layerwise import LayerwiseReport, compare_layers, save_layer_error_png
     from vaekit.runtimes.registry import describe, runnable_backend
 
     reports = []
     directory = artifact_dir_of(artifacts)
     for _, path in artifact_files(directory):
-        if path.suffix != ONNX_SUFFIX:
-            continue  # engines: marking their layers needs TensorRT on a GPU (runtimes/proving/layerwise/capture.py)
+        if not path.name.endswith((ONNX_SUFFIX, NCNN_PARAM_SUFFIX)):
+            continue  # engines need TensorRT on a GPU to mark layers; ExecuTorch exposes no intermediate tensors
         precision = describe(path).precision
-        if runnable_backend(path, "cpu", precision) is None:
+        if runnable_backend(path, "cpu", precision) is None and path.suffix == ONNX_SUFFIX:
             note(f"{path.name}: no runtime here runs a {precision} graph on the CPU (bf16: vaekit[openvino]); skipped")
             continue
         report = compare_layers(path, checkpoint)

@@ -16,7 +16,7 @@ import numpy as np
 
 from vaekit.data import to_float
 from vaekit.errors import VaekitError
-from vaekit.runtimes.artifacts import INPUT_NAME, ROLES, Role, load_inputs, onnx_name
+from vaekit.runtimes.artifacts import INPUT_NAME, NCNN_PARAM_SUFFIX, ROLES, Role, load_inputs, onnx_name
 from vaekit.runtimes.base import Decoder, Encoder
 from vaekit.runtimes.proving.layerwise.capture import Tensors, capture_for, graph_source, run_marked
 from vaekit.runtimes.proving.layerwise.judge import (
@@ -165,6 +165,8 @@ def compare_layers(
     artifact = Path(artifact)
     backend = backend_for(artifact, runtime)
     device = backend.check_device(device)
+    if artifact.name.endswith(NCNN_PARAM_SUFFIX):
+        return _compare_ncnn(artifact, reference, inputs, backend, device, options)
     source = graph_source(artifact)
     model = read_graph(source)  # one line for a missing, corrupt or unsafe file
     role = role_of(model)
@@ -204,6 +206,33 @@ def compare_layers(
         batch=len(x),
         layers=results,
         first_divergence=first_divergence(role, results),
+        notes=notes,
+    )
+
+
+def _compare_ncnn(
+    artifact: Path, reference: Reference, inputs: np.ndarray | None, backend: Backend, device: str, options: Any
+) -> LayerwiseReport:
+    """An ncnn net, blob by blob (ncnn exposes every one), against the reference's modules matched by shape."""
+    from vaekit.runtimes.proving.layerwise.ncnn_units import ncnn_units
+
+    info = backend.describe(artifact)
+    x = _inputs(artifact, info.role, inputs, info.value_range, info.max_batch)
+    ref, ref_label = _reference(reference, artifact, info.role, x)
+    found, notes = ncnn_units(artifact, info, ref)
+    capture, _ = capture_for(backend)
+    assert capture is not None  # the ncnn backend defines capture_tensors
+    got = capture(artifact, device, [u.tensor for u in found], x, **options)
+    results = compare(found, ref, got, groups_for(info.precision, device, info.role, x), info.value_range)
+    return LayerwiseReport(
+        graph=info.role,
+        artifact=artifact.name,
+        runtime=f"{backend.label}-{device}-{info.precision}",
+        reference=ref_label,
+        precision=info.precision,
+        batch=len(x),
+        layers=results,
+        first_divergence=first_divergence(info.role, results),
         notes=notes,
     )
 
