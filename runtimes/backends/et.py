@@ -1,8 +1,9 @@
 """ExecuTorch backend: a `.pte` program (XNNPACK-delegated) run through `executorch.runtime`, the Python face
 of the C++ runtime a phone app links; its sidecar `<name>.pte.json` carries vaekit's metadata.
 
-ExecuTorch's loader aborts the process on some malformed programs, so a file is loaded only after its size
-and sha256 match the sidecar vaekit wrote beside it. Its Python runtime imports torch (tensors in and out);
+ExecuTorch's loader is C++, where a malformed program is a crash rather than an exception, so a file is
+loaded only after its size and sha256 match the sidecar vaekit wrote beside it (and ExecuTorch verifies the
+program's internal consistency as it loads). Its Python runtime imports torch (tensors in and out);
 an app on a device loads the same `.pte` with the C++, Java or Swift runtime instead.
 """
 
@@ -47,10 +48,6 @@ def _executorch() -> tuple[Any, Any]:
     return Runtime.get(), portable_lib
 
 
-def _runtime() -> Any:
-    return _executorch()[0]
-
-
 def _info(path: Path, sidecar: dict[str, Any]) -> ArtifactInfo:
     return metadata_to_info(sidecar["graph_metadata"], backend=LABEL, device="cpu", path=str(path))
 
@@ -64,7 +61,7 @@ class PteRunner:
             raise VaekitError(f"{path} is {WITH_ARTICLE[self.info.role]} program, not {WITH_ARTICLE[role]}")
         try:  # its C++ logs CPU probing to stderr as it loads: shown only when loading fails
             with captured_output() as log:
-                self.method = _runtime().load_program(path).load_method("forward")
+                self.method = _executorch()[0].load_program(path).load_method("forward")
         except VaekitError:
             raise
         except Exception as exc:  # ExecuTorch raises RuntimeError / ValueError of its own
