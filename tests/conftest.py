@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import signal
 import struct
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,11 @@ import pytest
 
 from vaekit.config import LossConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import ImageData, load_data, to_float
+
+# A suite started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so would every child it
+# starts: the Ctrl-C tests would test nothing. Python's own handler, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cuda_missing() -> str:
