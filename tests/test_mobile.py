@@ -4,6 +4,7 @@ their own Python runtimes, and loaded through the one interface like every artif
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_generate_info_and_bench_take_mobile_artifacts(mobile_art: tuple[Path, d
         "--threads",
         "1",
     ]
-    args += ["--min-seconds", "0", "--max-seconds", "1", "--json", str(tmp_path / "b.json")]
+    args += ["--min-seconds", "0", "--max-seconds", "1", "--json", str(tmp_path / "b.json"), "--record"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
@@ -133,6 +134,11 @@ def test_generate_info_and_bench_take_mobile_artifacts(mobile_art: tuple[Path, d
         for graph in ("encoder", "decoder"):
             assert {(runtime, precision, graph, 1), (runtime, precision, graph, 8)} <= measured
     assert all(r["parity"] == "pass" for r in rows if r["p50_ms"])
+    png = tmp_path / "auto.png"  # --runtime auto loads the mobile artifact bench found fastest
+    result = runner.invoke(app, ["generate", "--engine", str(out), "--runtime", "auto", "--n", "8", "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"--runtime auto: (executorch|ncnn) \w+ on decoder\.[\w.]*(pte|ncnn\.param)", result.output)
+    (out / "fastest.json").unlink()  # the other tests read this export as exported
 
 
 @pytest.mark.parametrize(
