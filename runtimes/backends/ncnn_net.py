@@ -218,11 +218,11 @@ class NcnnRunner:
         if self.net.load_param(str(path)) != 0 or self.net.load_model(str(ncnn_bin(path))) != 0:
             raise VaekitError(f"ncnn cannot load {path.name} and {ncnn_bin(path).name}: re-export")
         self.input, self.outputs = BLOBS[role]
+        self.sizes = {layer.blob: math.prod(layer.shape) for layer in self.layers}  # what each blob must hold
 
     def run(self, array: np.ndarray, blobs: tuple[str, ...] = ()) -> list[np.ndarray]:
         """The outputs (then `blobs`, intermediate ones) for each image of the batch, stacked."""
         names = (*self.outputs, *blobs)
-        sizes = {layer.blob: math.prod(layer.shape) for layer in self.layers}
         results: list[list[np.ndarray]] = [[] for _ in names]
         for item in array:
             extractor = self.net.create_extractor()
@@ -234,7 +234,7 @@ class NcnnRunner:
                 if code != 0:
                     raise VaekitError(f"ncnn failed to run {Path(self.info.path).name}: no blob {name} (code {code})")
                 found.append(np.array(mat))
-                if found[-1].size != sizes.get(name):  # check_net inferred it: a net that lied about its shapes
+                if found[-1].size != self.sizes.get(name):  # check_net inferred it: a net that lied about its shapes
                     raise VaekitError(f"ncnn returned {found[-1].shape} from {Path(self.info.path).name}")
         return [np.stack(found).astype(np.float32, copy=False) for found in results]
 
